@@ -1,0 +1,67 @@
+"""``tessera`` console entry point: a thin argparse tree; each group lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from tessera import __version__
+from tessera.errors import TesseraError
+
+# (group name, help, modules whose ``register(subparsers)`` add the group's commands)
+GROUPS: list[tuple[str, str, list[str]]] = [
+    ("data", "export, inspect and check image-caption data", ["data_shapes", "data_inspect"]),
+    ("tokenizer", "train and use the BPE text tokenizer", ["tokenizer"]),
+]
+# Top-level commands: modules whose ``register(subparsers)`` add one command each.
+COMMANDS: list[str] = ["demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tessera",
+        description="tessera: DALL·E text-to-image generation — data, training, sampling, evaluation.",
+    )
+    parser.add_argument("--version", action="version", version=f"tessera {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text, modules in GROUPS:
+        group = sub.add_parser(name, help=help_text, description=help_text)
+        group_sub = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+        group.set_defaults(func=lambda args, g=group: _print_help(g))
+        for mod in modules:
+            importlib.import_module(f"tessera.cli.{mod}").register(group_sub)
+    for mod in COMMANDS:
+        importlib.import_module(f"tessera.cli.{mod}").register(sub)
+    parser.set_defaults(func=lambda args: _print_help(parser))
+    return parser
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except TesseraError as e:
+        print(f"tessera: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("tessera: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Typed, frozen, keyword-only configs for every component, with JSON round trips and presets."""
+
+from tessera.config.base import Config, preset, preset_kinds, preset_names, register_preset
+from tessera.config.data import DataConfig
+from tessera.config.shapes import ShapesConfig
+from tessera.config.text import TokenizerConfig
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ShapesConfig",
+    "TokenizerConfig",
+    "preset",
+    "preset_kinds",
+    "preset_names",
+    "register_preset",
+]
