@@ -23,7 +23,7 @@ COMMANDS: list[str] = ["demo"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessera",
-        description="tessera: DALL·E text-to-image generation — data, training, sampling, evaluation.",
+        description="tessera: DALL·E text-to-image: data, training, sampling, evaluation.",
     )
     parser.add_argument("--version", action="version", version=f"tessera {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -78,12 +78,16 @@ class Config:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"{cls.__name__}: invalid JSON ({e.msg} at line {e.lineno})") from None
+            raise ConfigError(
+                f"{cls.__name__}: invalid JSON ({e.msg} at line {e.lineno})"
+            ) from None
         if isinstance(data, dict) and "kind" in data:
             data = dict(data)
             kind = data.pop("kind")
             if kind != cls.kind:
-                raise ConfigError(f"{cls.__name__}: config is of kind {kind!r}, expected {cls.kind!r}")
+                raise ConfigError(
+                    f"{cls.__name__}: config is of kind {kind!r}, expected {cls.kind!r}"
+                )
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> Self:
@@ -178,10 +182,14 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         else:
             if len(value) != len(args):
                 raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-            items = tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        return value if isinstance(value, tuple) and all(
-            a is b for a, b in zip(items, value)
-        ) else items
+            items = tuple(
+                _coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))
+            )
+        return (
+            value
+            if isinstance(value, tuple) and all(a is b for a, b in zip(items, value))
+            else items
+        )
     if isinstance(hint, type) and issubclass(hint, Config):
         if isinstance(value, hint):
             return value
@@ -223,9 +231,13 @@ def preset(kind: str, name: str) -> Config:
     _load_builtin_presets()
     table = _PRESETS.get(kind)
     if not table:
-        raise ConfigError(f"no presets for config kind {kind!r}; kinds: {', '.join(preset_kinds())}")
+        raise ConfigError(
+            f"no presets for config kind {kind!r}; kinds: {', '.join(preset_kinds())}"
+        )
     if name not in table:
-        raise ConfigError(f"unknown {kind} preset {name!r}; choose from: {', '.join(sorted(table))}")
+        raise ConfigError(
+            f"unknown {kind} preset {name!r}; choose from: {', '.join(sorted(table))}"
+        )
     return table[name]()
 
 

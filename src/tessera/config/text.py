@@ -28,7 +28,9 @@ class TokenizerConfig(Config):
 
     def validate(self) -> None:
         if self.vocab_size < 260:
-            raise ConfigError(f"tokenizer.vocab_size must be >= 260 (bytes + specials), got {self.vocab_size}")
+            raise ConfigError(
+                f"tokenizer.vocab_size must be >= 260 (bytes + specials), got {self.vocab_size}"
+            )
         if self.max_length < 1:
             raise ConfigError(f"tokenizer.max_length must be >= 1, got {self.max_length}")
         if self.min_frequency < 1:

@@ -1,0 +1,41 @@
+# The README's commands. Each target sets up what it needs (a local .venv) and runs.
+# torch is pinned to the CPU wheel on disk; nothing here resolves an unpinned torch.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tessera-installed
+TORCH_PIN ?= torch==2.13.0
+PYTEST_WORKERS ?= 2
+
+.PHONY: install demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_PIN)"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: set up, then run the main job on the embedded default data set
+demo: $(STAMP)
+	$(VENV)/bin/tessera demo --out out/demo
+
+## make test: set up with the test dependencies, lint, then run the whole suite
+test: $(STAMP) lint
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+## make bench: every benchmark prints one JSON line
+bench: $(STAMP)
+	@for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) out build dist src/*.egg-info .pytest_cache .ruff_cache
