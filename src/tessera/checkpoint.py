@@ -10,7 +10,6 @@ class parses it strictly and its builder makes the object, whose weights then co
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -46,9 +45,18 @@ class KindSpec:
 
 
 _KINDS: dict[str, KindSpec] = {}
-# Built-in kinds, imported on first use so that loading one kind never imports the others.
-_BUILTIN: dict[str, str] = {
-    "tokenizer": "tessera.text.tokenizer",
+
+
+def _tokenizer_spec() -> KindSpec:
+    from tessera.config.text import TokenizerConfig
+    from tessera.text.tokenizer import TextTokenizer
+
+    return KindSpec(config_cls=TokenizerConfig, load_dir=TextTokenizer.load)
+
+
+# Built-in kinds, built on first use so that loading one kind never imports the others.
+_BUILTIN: dict[str, Callable[[], KindSpec]] = {
+    "tokenizer": _tokenizer_spec,
 }
 
 
@@ -59,7 +67,7 @@ def register_kind(kind: str, spec: KindSpec) -> None:
 
 def _kind_spec(kind: str) -> KindSpec:
     if kind not in _KINDS and kind in _BUILTIN:
-        importlib.import_module(_BUILTIN[kind])  # the module calls register_kind on import
+        _KINDS[kind] = _BUILTIN[kind]()
     if kind not in _KINDS:
         known = ", ".join(sorted(set(_KINDS) | set(_BUILTIN)))
         raise CheckpointError(f"unknown checkpoint kind {kind!r} (known kinds: {known})")
@@ -86,7 +94,7 @@ def save(
     """Write a checkpoint directory atomically (temporary directory, fsync, rename).
 
     model: an ``nn.Module``; saved with ``safetensors.torch.save_model`` so tied weights stay tied.
-    tokenizer: an object with ``save_tokenizer_json(path)`` (``tessera.text.TextTokenizer``).
+    tokenizer: a ``tessera.text.TextTokenizer``, written as ``tokenizer.json`` beside the weights.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -102,7 +110,7 @@ def save(
             meta.update(metadata or {})
             save_model(model, str(tmp / WEIGHTS_FILE), metadata=meta)
         if tokenizer is not None:
-            tokenizer.save_tokenizer_json(tmp / TOKENIZER_FILE)
+            tokenizer.save(tmp, write_config=False)
         for f in tmp.iterdir():
             _fsync(f)
         if path.exists():

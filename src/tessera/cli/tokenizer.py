@@ -1,0 +1,102 @@
+"""``tessera tokenizer train|encode``: train the BPE text tokenizer on a data source's
+captions (or a .txt file, one caption per line) and inspect its encodings."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+_DEFAULT_EXAMPLES = 10_000
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train the BPE tokenizer on captions",
+        description=(
+            "Train the lower-cased byte-level BPE tokenizer on the captions of SOURCE and write "
+            "DIR/tokenizer.json + DIR/config.json. SOURCE: a .txt file (one caption per line) "
+            "or a data source spec: shapes[:train|:eval], folder:DIR, coco:DIR, cub:DIR, "
+            "wds:PATTERN."
+        ),
+    )
+    p.add_argument("source", metavar="SOURCE", help=".txt file or data source spec")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    p.add_argument("--preset", default="dalle", help="tokenizer preset (default: dalle)")
+    p.add_argument("--vocab-size", type=int, default=None, help="override the preset's")
+    p.add_argument("--max-length", type=int, default=None, help="override the preset's")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help=f"examples to read (default: {_DEFAULT_EXAMPLES} from a data source; "
+        "every line of a .txt file)",
+    )
+    p.set_defaults(func=run_train)
+
+    e = subparsers.add_parser(
+        "encode",
+        help="print the token ids and tokens of texts",
+        description="Encode each TEXT with the tokenizer in DIR (inference: no dropout).",
+    )
+    e.add_argument("dir", metavar="DIR", help="tokenizer directory or tokenizer.json")
+    e.add_argument("texts", metavar="TEXT", nargs="+", help="text to encode")
+    e.set_defaults(func=run_encode)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from tessera.config import preset
+    from tessera.errors import ConfigError
+    from tessera.text import TextTokenizer
+
+    if args.n is not None and args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    config = preset("tokenizer", args.preset)
+    overrides = {"vocab_size": args.vocab_size, "max_length": args.max_length}
+    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    captions: list[str] = []
+    bar = tqdm(_captions(args.source, args.n), unit="caption", desc="reading captions")
+    captions.extend(bar)
+    bar.close()
+    tok = TextTokenizer.train(captions, config)
+    tok.save(args.out)
+    print(f"trained on {len(captions)} captions: vocabulary {tok.vocab_size} ids")
+    for text in itertools.islice(dict.fromkeys(captions), 3):
+        ids = tok.encode(text)
+        print(f"  {text!r} -> {len(ids)} tokens {ids}")
+    print(f"wrote {args.out / 'tokenizer.json'} and {args.out / 'config.json'}")
+    return 0
+
+
+def run_encode(args: argparse.Namespace) -> int:
+    from tessera.text import TextTokenizer
+
+    tok = TextTokenizer.load(args.dir)
+    for text in args.texts:
+        ids = tok.encode(text)
+        print(f"{text!r}: {len(ids)} tokens")
+        print(f"  ids:    {ids}")
+        print(f"  tokens: {tok.tokens(ids)}")
+    return 0
+
+
+def _captions(source: str, n: int | None) -> Iterator[str]:
+    """Captions of a .txt file (stripped, blank lines skipped) or of ``n`` examples."""
+    from tessera.errors import DataError
+
+    path = Path(source)
+    if path.suffix == ".txt":
+        try:
+            with path.open(encoding="utf-8") as f:
+                yield from itertools.islice(filter(None, (line.strip() for line in f)), n)
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read captions from {path}: {e}") from None
+        return
+    from tessera.data.sources import open_source
+
+    for example in open_source(source, n=n if n is not None else _DEFAULT_EXAMPLES):
+        yield from example.captions

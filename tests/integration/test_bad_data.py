@@ -1,0 +1,96 @@
+"""Bad data end to end (T10-T14): a DataLoader over broken inputs trains on the good examples,
+counts the rest by reason, and aborts once the bad fraction is over the limit."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from datafixtures import build_bad_folder, encode, noise_image, pickle_payload, write_tar
+from tessera.config import DataConfig
+from tessera.data import ImageTextDataset, ImageTransform, collate, open_source
+from tessera.errors import TooManyBadSamplesError
+
+
+def train_steps(loader) -> list[float]:
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 3, 3, padding=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    losses = []
+    for batch in loader:
+        loss = (model(batch["images"]) - batch["images"]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_shard_with_corrupt_images_trains_on_the_good_one(tmp_path):
+    """T10: truncated JPEG + garbage "jpg" + a good image (+ a pickle member, T13)."""
+    pytest.importorskip("webdataset")
+    good = encode(noise_image(40, 40, 0), "JPEG")
+    marker = tmp_path / "PWNED"
+    write_tar(
+        tmp_path / "00000.tar",
+        [
+            ("good.jpg", good),
+            ("good.txt", b"the good one"),
+            ("trunc.jpg", good[: len(good) // 2]),
+            ("trunc.txt", b"cut short"),
+            ("junk.jpg", b"\x00garbage" * 30),
+            ("junk.txt", b"garbage"),
+            ("junk.pyd", pickle_payload(marker)),
+        ],
+    )
+    src = open_source(str(tmp_path / "00000.tar"), config=DataConfig(image_size=16))
+    loader = torch.utils.data.DataLoader(
+        ImageTextDataset(src, ImageTransform(16, train=True)), batch_size=4, collate_fn=collate
+    )
+    losses = train_steps(loader)
+    assert len(losses) == 1 and all(map(torch.isfinite, torch.tensor(losses)))
+    assert dict(src.report.skipped) == {"truncated_image": 1, "corrupt_image": 1}
+    assert "skipped 2" in src.report.summary()
+    assert not marker.exists()
+
+
+def test_bad_folder_through_a_dataloader_with_workers(tmp_path):
+    expected = build_bad_folder(tmp_path / "bad")
+    cfg = DataConfig(image_size=16, max_caption_chars=200)
+    src = open_source(str(tmp_path / "bad"), config=cfg)
+    ds = ImageTextDataset(src, ImageTransform(16, train=True, seed=1))
+    loader = torch.utils.data.DataLoader(ds, batch_size=5, num_workers=2, collate_fn=collate)
+    batches = list(loader)
+    keys = [k for b in batches for k in b["keys"]]
+    assert sorted(keys) == expected["good"]
+    for b in batches:
+        assert b["images"].shape[1:] == (3, 16, 16)
+        assert b["images"].min() >= 0 and b["images"].max() <= 1
+        assert len(b["captions"]) == len(b["keys"])
+    # in the main process (no workers) the report has the exact counts and is written out
+    list(ImageTextDataset(src, ImageTransform(16)))
+    report = json.loads(src.report.write(tmp_path / "run").read_text())
+    assert report["skipped"] == expected["skipped"]
+    assert report["filtered"] == expected["filtered"]
+    assert report["yielded"] == len(expected["good"])
+
+
+def test_too_many_bad_samples_aborts_training(tmp_path):
+    root = tmp_path / "mostly_bad"
+    root.mkdir()
+    for i in range(12):
+        data = encode(noise_image(16, 16, i), "PNG") if i % 4 == 0 else b"broken" * 10
+        (root / f"{i:02d}.png").write_bytes(data)
+        (root / f"{i:02d}.txt").write_text(f"caption {i}")
+    cfg = DataConfig(image_size=16, max_bad_fraction=0.5, bad_fraction_min_seen=4)
+    src = open_source(str(root), config=cfg)
+    loader = torch.utils.data.DataLoader(
+        ImageTextDataset(src, ImageTransform(16)), batch_size=2, collate_fn=collate
+    )
+    # (with DataLoader workers torch re-raises the same type; not tested here because torch
+    # then spends 5 s joining the failed worker)
+    with pytest.raises(TooManyBadSamplesError, match="unusable"):
+        train_steps(loader)
