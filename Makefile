@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_PIN)"
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# OpenAI's dVAE package, a test-only reference: its metadata asks for torchvision, so no deps.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps dall-e==0.1
 	touch $(STAMP)
 
 install: $(STAMP)

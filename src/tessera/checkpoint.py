@@ -28,6 +28,7 @@ log = logging.getLogger("tessera.checkpoint")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,9 +55,17 @@ def _tokenizer_spec() -> KindSpec:
     return KindSpec(config_cls=TokenizerConfig, load_dir=TextTokenizer.load)
 
 
+def _vae_spec() -> KindSpec:
+    from tessera.config.vae import VAEConfig
+    from tessera.vae.model import DiscreteVAE
+
+    return KindSpec(config_cls=VAEConfig, build=DiscreteVAE)
+
+
 # Built-in kinds, built on first use so that loading one kind never imports the others.
 _BUILTIN: dict[str, Callable[[], KindSpec]] = {
     "tokenizer": _tokenizer_spec,
+    "vae": _vae_spec,
 }
 
 
@@ -80,6 +89,7 @@ class LoadedCheckpoint:
     config: Config
     obj: Any
     metadata: dict[str, str]
+    tokenizer: Any | None = None
 
 
 def save(
@@ -110,7 +120,9 @@ def save(
             meta.update(metadata or {})
             save_model(model, str(tmp / WEIGHTS_FILE), metadata=meta)
         if tokenizer is not None:
+            # config.json belongs to the model; the tokenizer's own config sits beside it.
             tokenizer.save(tmp, write_config=False)
+            tokenizer.config.to_json(tmp / TOKENIZER_CONFIG_FILE)
         for f in tmp.iterdir():
             _fsync(f)
         if path.exists():
@@ -182,7 +194,23 @@ def load_checkpoint(
     model = spec.build(config)
     metadata = load_weights(model, path / WEIGHTS_FILE, map_location=map_location)
     model.config = config
-    return LoadedCheckpoint(found_kind, config, model, metadata)
+    return LoadedCheckpoint(found_kind, config, model, metadata, _load_tokenizer(path))
+
+
+def _load_tokenizer(path: Path) -> Any | None:
+    """The tokenizer saved beside a model's weights, with its own config, if there is one."""
+    if not (path / TOKENIZER_FILE).is_file():
+        return None
+    from tessera.config.text import TokenizerConfig
+    from tessera.errors import TesseraError
+    from tessera.text import TextTokenizer
+
+    cfg_file = path / TOKENIZER_CONFIG_FILE
+    try:
+        cfg = TokenizerConfig.from_json(cfg_file) if cfg_file.is_file() else None
+        return TextTokenizer.load(path / TOKENIZER_FILE, cfg)
+    except TesseraError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def load(path: str | Path, *, kind: str | None = None, map_location: str = "cpu") -> Any:
@@ -261,7 +289,7 @@ def load_legacy_state_dict(path: str | Path, *, allow_legacy_pt: bool = False) -
     if not allow_legacy_pt:
         raise UnsafeCheckpointError(
             f"refusing to read pickle-based file {path}; pass allow_legacy_pt=True "
-            "(--allow-legacy-pt) to load it weights-only"
+            "to load it weights-only"
         )
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")

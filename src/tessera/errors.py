@@ -31,3 +31,11 @@ class UnsafeCheckpointError(CheckpointError):
 
 class TokenizerError(TesseraError):
     """A tokenizer file is missing or invalid, or tokenizer training got no text."""
+
+
+class TrainingError(TesseraError):
+    """Training cannot start or continue (unwritable run directory, no disk space, ...)."""
+
+
+class TrainingDivergedError(TrainingError):
+    """Too many consecutive steps had a non-finite loss or gradients."""

@@ -49,3 +49,21 @@ def test_user_error_is_one_line_without_traceback(tmp_path):
     assert out.returncode != 0
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("tessera: error:")
+
+
+@pytest.mark.parametrize(
+    "make_args",
+    [
+        lambda f: ["demo", "--out", str(f)],
+        lambda f: ["tokenizer", "train", "shapes", "--n", "5", "--out", str(f)],
+        lambda f: ["data", "shapes", "--out", str(f / "sub"), "--n", "3"],
+        lambda f: ["data", "shapes", "--out", "/proc/tessera-cannot-write", "--n", "3"],
+    ],
+)
+def test_os_errors_on_user_paths_are_one_line(tmp_path, make_args, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code = main(make_args(blocker))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert err[-1].startswith("tessera: error:") and "Traceback" not in "\n".join(err)

@@ -153,3 +153,20 @@ def test_legacy_state_dict_loads_weights_only_when_allowed(tmp_path):
     f.write_bytes(f.read_bytes()[:50])
     with pytest.raises(CheckpointError, match="corrupt or truncated"):
         load_legacy_state_dict(f, allow_legacy_pt=True)
+
+
+def test_tokenizer_travels_with_the_model_and_keeps_its_config(tmp_path):
+    from tessera.checkpoint import load_checkpoint
+    from tessera.config import TokenizerConfig
+    from tessera.text import TextTokenizer
+
+    tok = TextTokenizer.train(
+        ["a red circle", "a blue square above a red circle"] * 20,
+        TokenizerConfig(vocab_size=300, max_length=12, dropout=0.0),
+    )
+    path = save(tmp_path / "c", config=ToyConfig(), model=Toy(ToyConfig()), tokenizer=tok)
+    assert {"tokenizer.json", "tokenizer_config.json"} <= {p.name for p in path.iterdir()}
+    loaded = load_checkpoint(path)
+    assert loaded.tokenizer is not None
+    assert loaded.tokenizer.max_length == 12 and loaded.tokenizer.config == tok.config
+    assert loaded.tokenizer.encode("a red circle") == tok.encode("a red circle")

@@ -15,6 +15,7 @@ from tessera.errors import TesseraError
 GROUPS: list[tuple[str, str, list[str]]] = [
     ("data", "export, inspect and check image-caption data", ["data_shapes", "data_inspect"]),
     ("tokenizer", "train and use the BPE text tokenizer", ["tokenizer"]),
+    ("vae", "stage 1: train and use the discrete VAE (image tokenizer)", ["vae"]),
 ]
 # Top-level commands: modules whose ``register(subparsers)`` add one command each.
 COMMANDS: list[str] = ["demo"]
@@ -58,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TesseraError as e:
         print(f"tessera: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a path the user gave: exists, missing, not a directory, no space...
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"tessera: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("tessera: interrupted", file=sys.stderr)
         return 130

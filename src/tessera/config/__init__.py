@@ -4,12 +4,14 @@ from tessera.config.base import Config, preset, preset_kinds, preset_names, regi
 from tessera.config.data import DataConfig
 from tessera.config.shapes import ShapesConfig
 from tessera.config.text import TokenizerConfig
+from tessera.config.training import TrainConfig
 
 __all__ = [
     "Config",
     "DataConfig",
     "ShapesConfig",
     "TokenizerConfig",
+    "TrainConfig",
     "preset",
     "preset_kinds",
     "preset_names",

@@ -1,1 +1,17 @@
-"""tessera.vae"""
+"""Stage 1: the discrete VAE that turns images into grids of tokens and back."""
+
+from tessera.vae.losses import codebook_stats, kl_to_uniform, logit_laplace_nll, psnr
+from tessera.vae.model import Decoder, DiscreteVAE, Encoder
+from tessera.vae.pixels import map_pixels, unmap_pixels
+
+__all__ = [
+    "Decoder",
+    "DiscreteVAE",
+    "Encoder",
+    "codebook_stats",
+    "kl_to_uniform",
+    "logit_laplace_nll",
+    "map_pixels",
+    "psnr",
+    "unmap_pixels",
+]

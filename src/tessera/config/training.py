@@ -1,0 +1,96 @@
+"""Config of the generic trainer: optimisation, precision, EMA, checkpoints, distribution.
+
+Defaults follow the DALL·E paper's transformer (App. B.2) where one exists; each stage's
+presets override them (e.g. the dVAE: cosine 1e-4 -> 1.25e-6, EMA 0.999 every step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Literal
+
+from tessera.config.base import Config
+from tessera.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(Config):
+    """How a stage is trained. Steps count optimizer updates (each of ``grad_accum`` micro-batches).
+
+    batch_size: examples per micro-batch per process; the global batch is
+      batch_size * grad_accum * world_size.
+    lr_schedule: constant | cosine (lr -> lr_end over ``lr_decay_steps``, default ``steps``) |
+      warmup_cosine |
+      halvings (linear warm-up, then halve at each of ``lr_milestones``; the paper's transformer).
+    weight_decay: AdamW decay, never applied to gains, biases, embeddings or padding tokens.
+    grad_clip: max global gradient norm (paper: 4); 0 disables clipping.
+    ema_decay / ema_every: EMA of weights (dVAE 0.999 every update; transformer 0.99 every 25);
+      ema_decay 0 disables it.
+    precision: fp32 | bf16 (autocast, CPU or CUDA) | fp16 (CUDA autocast with loss scaling).
+    per_resblock_scaling: with fp16, one dynamic gradient scale per residual block (App. D).
+    activation_checkpointing: recompute blocks in backward (models that support it).
+    checkpoint_every / keep_last: periodic atomic checkpoints, the newest ``keep_last`` kept.
+    max_consecutive_skips: stop after this many non-finite steps in a row.
+    powersgd_rank: > 0 enables the PowerSGD DDP communication hook with that matrix rank.
+    deterministic: torch.use_deterministic_algorithms (needed for bit-exact resume).
+    """
+
+    kind: ClassVar[str] = "train"
+
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 4.5e-4
+    lr_end: float = 0.0
+    lr_schedule: Literal["constant", "cosine", "warmup_cosine", "halvings"] = "warmup_cosine"
+    warmup_steps: int = 0
+    lr_milestones: tuple[int, ...] = ()
+    lr_decay_steps: int = 0
+    betas: tuple[float, float] = (0.9, 0.96)
+    eps: float = 1e-8
+    weight_decay: float = 4.5e-2
+    grad_clip: float = 4.0
+    ema_decay: float = 0.0
+    ema_every: int = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    per_resblock_scaling: bool = False
+    activation_checkpointing: bool = False
+    checkpoint_every: int = 500
+    keep_last: int = 2
+    log_every: int = 1
+    sample_every: int = 0
+    max_consecutive_skips: int = 5
+    seed: int = 0
+    deterministic: bool = True
+    powersgd_rank: int = 0
+    powersgd_start_iter: int = 2
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        positive = ("steps", "batch_size", "grad_accum", "ema_every", "checkpoint_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.keep_last < 1:
+            raise ConfigError(f"train.keep_last must be >= 1, got {self.keep_last}")
+        if self.lr <= 0 or self.lr_end < 0:
+            raise ConfigError("train: need lr > 0 and lr_end >= 0")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"train.betas must be in [0, 1), got {self.betas}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"train.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr_decay_steps < 0:
+            raise ConfigError("train.lr_decay_steps must be >= 0 (0 means: over all steps)")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("train: grad_clip, weight_decay and warmup_steps must be >= 0")
+        if self.per_resblock_scaling and self.precision != "fp16":
+            raise ConfigError("train.per_resblock_scaling needs precision 'fp16'")
+        if self.powersgd_rank < 0:
+            raise ConfigError("train.powersgd_rank must be >= 0 (0 disables PowerSGD)")
+        if self.powersgd_rank and self.powersgd_start_iter < 2:
+            # torch's hook requires it with error feedback / warm start on.
+            raise ConfigError("train.powersgd_start_iter must be >= 2")
+        if self.max_consecutive_skips < 1 or self.log_every < 1 or self.num_workers < 0:
+            raise ConfigError("train: max_consecutive_skips, log_every >= 1; num_workers >= 0")
+        if list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise ConfigError("train.lr_milestones must be sorted")

@@ -1,0 +1,73 @@
+"""AdamW with the paper's parameter groups: no weight decay on gains, biases, embeddings or
+padding tokens (App. B.2)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+_NO_DECAY_MODULES = (
+    nn.Embedding,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.RMSNorm,
+)
+
+
+def no_decay_names(model: nn.Module) -> set[str]:
+    """Names of parameters exempt from weight decay.
+
+    Exempt: every parameter with fewer than 2 dimensions (biases, gains, scalars), every
+    parameter of an embedding or normalisation layer, and whatever the model lists in an
+    optional ``no_weight_decay() -> Iterable[str]`` method (e.g. learned padding tokens).
+    """
+    names: set[str] = set()
+    for mod_name, module in model.named_modules():
+        for p_name, p in module.named_parameters(recurse=False):
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            if p.ndim < 2 or isinstance(module, _NO_DECAY_MODULES):
+                names.add(full)
+    extra = getattr(model, "no_weight_decay", None)
+    if callable(extra):
+        names.update(extra())
+    return names
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decayed weights and exempt parameters (tied weights listed once)."""
+    exempt = no_decay_names(model)
+    decay: list[nn.Parameter] = []
+    keep: list[nn.Parameter] = []
+    for name, p in model.named_parameters():  # named_parameters() skips tied duplicates
+        if p.requires_grad:
+            (keep if name in exempt else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": keep, "weight_decay": 0.0},
+    ]
+
+
+def build_adamw(
+    model: nn.Module,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; ``lr`` is overwritten each step by the schedule."""
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+
+
+def grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Global L2 norm of the gradients of ``params`` (float32 scalar; inf/nan propagate)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+    )

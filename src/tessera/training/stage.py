@@ -1,0 +1,54 @@
+"""What a model package hands the generic trainer: the ``Stage`` description.
+
+The trainer never names a model (DESIGN rule 4): each stage module (``tessera.vae.stage``,
+later the transformer and CLIP) builds one of these, and the CLI looks stages up by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from tessera.config.base import Config
+from tessera.config.training import TrainConfig
+from tessera.training.data import BatchStream
+from tessera.training.distributed import DistContext
+
+# objective(model, batch, step) -> (loss, metrics); ``model`` may be DDP-wrapped, so the
+# objective calls ``model(...)`` once and reads everything it needs from the output.
+Objective = Callable[[nn.Module, Any, int], tuple[Any, dict[str, float]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Which data a run reads: a source spec for ``tessera.data.open_source`` and a seed."""
+
+    source: str = "shapes"
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A trainable stage.
+
+    model_config_cls: the stage's model config class (its ``kind`` names checkpoints).
+    presets: name -> () -> (model config, train config); a ``tiny`` preset is required.
+    build_model: model config -> ``nn.Module``.
+    objective: model config -> objective function (schedules may depend on the config).
+    make_batches: (model config, train config, data, ctx) -> resumable batch stream.
+    sample_hook: model config -> hook(model, step, out_dir) writing sample grids, or None.
+    export: (model with EMA weights, model config, out_dir) -> release checkpoint directory.
+    """
+
+    name: str
+    model_config_cls: type[Config]
+    presets: dict[str, Callable[[], tuple[Config, TrainConfig]]]
+    build_model: Callable[[Any], nn.Module]
+    objective: Callable[[Any], Objective]
+    make_batches: Callable[[Any, TrainConfig, DataSpec, DistContext], BatchStream]
+    sample_hook: Callable[[Any], Callable[[nn.Module, int, Path], None]] | None = None
+    export: Callable[[nn.Module, Any, Path], Path] | None = None

@@ -1,0 +1,204 @@
+"""Atomic training checkpoints, with nothing pickled.
+
+Layout of ``run_dir/checkpoints/step-NNNNNNNN/``::
+
+    model.safetensors      live weights           ema.safetensors     EMA weights
+    optimizer.safetensors  AdamW moments          extra.safetensors   RNG / compressor tensors
+    trainer.json           step, data position, schedules, scalers, RNG (python, numpy),
+                           counters, optimizer hyper-parameters
+    COMPLETE               written last: a directory without it is never loaded
+
+A checkpoint is written into ``.step-NNNNNNNN.tmp-*``, every file fsynced, ``COMPLETE``
+added, the directory renamed into place and the parent fsynced; only then are older
+checkpoints pruned (keeping ``keep_last``), so a crash at any moment leaves the previous
+complete checkpoint intact (reliability T2, T7).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tessera.errors import CheckpointError
+
+log = logging.getLogger("tessera.training")
+
+CKPT_DIR = "checkpoints"
+_NAME = re.compile(r"^step-(\d{8})$")
+COMPLETE = "COMPLETE"
+
+
+# -- RNG -------------------------------------------------------------------------------------
+def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """This process's RNG states: (JSON part: python + numpy, tensor part: torch CPU/CUDA)."""
+    version, internal, gauss = random.getstate()
+    alg, keys, pos, has_gauss, cached = np.random.get_state()
+    js = {
+        "python": [version, list(internal), gauss],
+        "numpy": [alg, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    return js, tensors
+
+
+def restore_rng(js: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    version, internal, gauss = js["python"]
+    random.setstate((version, tuple(internal), gauss))
+    alg, keys, pos, has_gauss, cached = js["numpy"]
+    np.random.set_state((alg, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    cuda = sorted(k for k in tensors if k.startswith("cuda."))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
+
+
+# -- optimizer state without pickle ------------------------------------------------------------
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{idx}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in sd["param_groups"]
+    ]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def load_optimizer_tensors(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    for idx, sc in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(sc)
+    groups = []
+    for g in meta["param_groups"]:
+        groups.append({k: (tuple(v) if k == "betas" else v) for k, v in g.items()})
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+# -- save / find / load ----------------------------------------------------------------------
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CKPT_DIR
+
+
+def save_state(
+    run_dir: Path,
+    step: int,
+    *,
+    model: nn.Module,
+    ema: dict[str, torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer,
+    meta: dict[str, Any],
+    extra_tensors: dict[str, torch.Tensor],
+    keep_last: int,
+) -> Path:
+    """Write ``step-NNNNNNNN`` atomically, then prune all but the newest ``keep_last``."""
+    from safetensors.torch import save_file, save_model
+
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    try:
+        save_model(model, str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
+        opt_tensors, opt_meta = optimizer_tensors(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_file(extra_tensors, str(tmp / "extra.safetensors"))
+        payload = {**meta, "step": step, "optimizer": opt_meta}
+        (tmp / "trainer.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        for f in tmp.iterdir():
+            _fsync(f)
+        (tmp / COMPLETE).write_text("ok\n")
+        _fsync(tmp / COMPLETE)
+        if final.exists():  # a re-save of the same step (e.g. after a signal): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_complete(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_complete(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / COMPLETE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def remove_stale(run_dir: Path) -> int:
+    """Delete leftovers of interrupted writes (``.step-*.tmp-*``); returns how many."""
+    root = checkpoint_dir(run_dir)
+    n = 0
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".step-") and ".tmp-" in p.name:
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+    return n
+
+
+def read_state(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """Read a checkpoint: (trainer.json, {file stem: tensors}); errors name the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / COMPLETE).is_file():
+        raise CheckpointError(f"{path} is not a complete training checkpoint (no {COMPLETE})")
+    try:
+        meta = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path / 'trainer.json'}: {e}") from None
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    if not (path / "model.safetensors").is_file():
+        raise CheckpointError(f"training checkpoint file missing: {path / 'model.safetensors'}")
+    for name in ("ema", "optimizer", "extra"):  # the model is loaded by load_model (ties)
+        f = path / f"{name}.safetensors"
+        if not f.exists():
+            if name == "ema":
+                continue
+            raise CheckpointError(f"training checkpoint file missing: {f}")
+        try:
+            tensors[name] = load_file(str(f))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"corrupt or truncated checkpoint file {f}: {e}") from None
+    return meta, tensors

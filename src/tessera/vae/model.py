@@ -1,0 +1,193 @@
+"""The discrete VAE (paper §2.1, App. A.1), layer for layer as OpenAI's released ``dall-e``.
+
+Encoder: 7x7 input conv, ``group_count`` groups of ``n_blk_per_group`` residual blocks (widths
+``n_hid * 2**i``) with 2x max-pooling between groups, then ReLU + 1x1 conv to ``vocab_size``
+logits. Decoder: 1x1 conv from the (relaxed) one-hot codes to ``n_init`` channels, groups of
+residual blocks (widths mirrored) with 2x nearest upsampling between them, then ReLU + 1x1 conv
+to 6 channels: the logit-Laplace location and log-scale of each RGB channel.
+
+Each block is ``id_path(x) + post_gain * res_path(x)`` with ``post_gain = 1 / n_layers**2``
+(``n_layers = group_count * n_blk_per_group``); the residual path is ReLU-conv x 4 with
+kernels 3,3,3,1 (encoder) or 1,3,3,3 (decoder) and a bottleneck of ``n_out // 4``. Module
+names match the ``dall-e`` package so its weights convert by renaming ``w/b`` to
+``weight/bias`` (:mod:`tessera.vae.convert`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tessera.config.vae import VAEConfig
+from tessera.nn.gradscale import ResblockGradScale
+from tessera.vae.pixels import map_pixels, unmap_pixels
+
+
+def _conv(n_in: int, n_out: int, kw: int) -> nn.Conv2d:
+    """Conv with the ``dall-e`` initialisation: N(0, 1/fan_in) weights, zero bias, same padding."""
+    conv = nn.Conv2d(n_in, n_out, kw, padding=(kw - 1) // 2)
+    nn.init.normal_(conv.weight, std=1.0 / math.sqrt(n_in * kw**2))
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ResBlock(nn.Module):
+    """``id_path(x) + post_gain * res_path(x)``; opts into per-resblock gradient scaling."""
+
+    def __init__(self, n_in: int, n_out: int, n_layers: int, kernels: tuple[int, ...]) -> None:
+        super().__init__()
+        n_hid = n_out // 4
+        self.post_gain = 1.0 / n_layers**2
+        self.id_path = _conv(n_in, n_out, 1) if n_in != n_out else nn.Identity()
+        widths = [n_in, n_hid, n_hid, n_hid, n_out]
+        layers: list[tuple[str, nn.Module]] = []
+        for i, kw in enumerate(kernels):
+            layers += [
+                (f"relu_{i + 1}", nn.ReLU()),
+                (f"conv_{i + 1}", _conv(widths[i], widths[i + 1], kw)),
+            ]
+        self.res_path = nn.Sequential(OrderedDict(layers))
+        self.grad_scale = ResblockGradScale(self.res_path)
+        self.checkpointing = False
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post_gain * self.res_path(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gs = self.grad_scale
+        h = gs.enter(x) if gs.enabled else x
+        if self.checkpointing and torch.is_grad_enabled():
+            y = torch.utils.checkpoint.checkpoint(self._branch, h, use_reentrant=False)
+        else:
+            y = self._branch(h)
+        if gs.enabled:
+            y = gs.exit(y, torch.promote_types(x.dtype, y.dtype))
+        return self.id_path(x) + y
+
+
+def _group(blocks: list[ResBlock], resample: nn.Module | None, resample_name: str) -> nn.Sequential:
+    items: list[tuple[str, nn.Module]] = [(f"block_{i + 1}", b) for i, b in enumerate(blocks)]
+    if resample is not None:
+        items.append((resample_name, resample))
+    return nn.Sequential(OrderedDict(items))
+
+
+class Encoder(nn.Module):
+    """(B, 3, H, W) mapped pixels -> (B, vocab_size, H/2**(g-1), W/2**(g-1)) logits."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        g, nb, n_layers = (
+            cfg.group_count,
+            cfg.n_blk_per_group,
+            cfg.group_count * cfg.n_blk_per_group,
+        )
+        widths = [cfg.n_hid * 2**i for i in range(g)]
+        items: list[tuple[str, nn.Module]] = [("input", _conv(cfg.input_channels, cfg.n_hid, 7))]
+        n_in = cfg.n_hid
+        for i, w in enumerate(widths):
+            blocks = []
+            for _ in range(nb):
+                blocks.append(ResBlock(n_in, w, n_layers, (3, 3, 3, 1)))
+                n_in = w
+            pool = nn.MaxPool2d(kernel_size=2) if i < g - 1 else None
+            items.append((f"group_{i + 1}", _group(blocks, pool, "pool")))
+        items.append(
+            (
+                "output",
+                nn.Sequential(
+                    OrderedDict(
+                        [("relu", nn.ReLU()), ("conv", _conv(widths[-1], cfg.vocab_size, 1))]
+                    )
+                ),
+            )
+        )
+        self.blocks = nn.Sequential(OrderedDict(items))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(x)
+
+
+class Decoder(nn.Module):
+    """(B, vocab_size, h, w) codes (one-hot or relaxed) -> (B, 6, H, W) logit-Laplace params."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        g, nb, n_layers = (
+            cfg.group_count,
+            cfg.n_blk_per_group,
+            cfg.group_count * cfg.n_blk_per_group,
+        )
+        widths = [cfg.n_hid * 2 ** (g - 1 - i) for i in range(g)]
+        items: list[tuple[str, nn.Module]] = [("input", _conv(cfg.vocab_size, cfg.n_init, 1))]
+        n_in = cfg.n_init
+        for i, w in enumerate(widths):
+            blocks = []
+            for _ in range(nb):
+                blocks.append(ResBlock(n_in, w, n_layers, (1, 3, 3, 3)))
+                n_in = w
+            up = nn.Upsample(scale_factor=2, mode="nearest") if i < g - 1 else None
+            items.append((f"group_{i + 1}", _group(blocks, up, "upsample")))
+        items.append(
+            (
+                "output",
+                nn.Sequential(
+                    OrderedDict(
+                        [("relu", nn.ReLU()), ("conv", _conv(cfg.n_hid, 2 * cfg.input_channels, 1))]
+                    )
+                ),
+            )
+        )
+        self.blocks = nn.Sequential(OrderedDict(items))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.blocks(z)
+
+
+class DiscreteVAE(nn.Module):
+    """Encoder + decoder. ``forward`` is the training pass (gumbel-softmax relaxation);
+    :meth:`encode` / :meth:`decode` are the inference maps images <-> token grids."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def forward(
+        self, x: torch.Tensor, temperature: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Relaxed pass on mapped pixels ``x`` (B, 3, H, W) in [eps, 1-eps].
+
+        Returns (logits (B, K, h, w), mu (B, 3, H, W), ln_b (B, 3, H, W)). The codes fed to the
+        decoder are gumbel-softmax samples at ``temperature`` (the paper's relaxation, used in
+        both the forward and backward passes).
+        """
+        logits = self.encoder(x)
+        z = F.gumbel_softmax(logits.float(), tau=temperature, hard=False, dim=1)
+        out = self.decoder(z)
+        c = self.config.input_channels
+        return logits, out[:, :c], out[:, c:]
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [0, 1] -> (B, h, w) int64 tokens (argmax, no noise)."""
+        x = map_pixels(images.float(), self.config.logit_laplace_eps)
+        return self.encoder(x).argmax(1)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) int64 tokens -> (B, 3, H, W) images in [0, 1]: the logit-Laplace mean
+        location ``sigmoid(mu)`` unmapped (always computed in float32)."""
+        z = F.one_hot(tokens, self.config.vocab_size).permute(0, 3, 1, 2).float()
+        mu = self.decoder(z)[:, : self.config.input_channels].float()
+        return unmap_pixels(torch.sigmoid(mu), self.config.logit_laplace_eps)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                m.checkpointing = enabled

@@ -1,0 +1,225 @@
+"""The dVAE as a trainable stage: presets, the relaxed-ELB objective, data, reports, export."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tessera.config.training import TrainConfig
+from tessera.config.vae import VAEConfig
+from tessera.training.data import BatchStream, source_image_batches
+from tessera.training.distributed import DistContext
+from tessera.training.schedules import cosine
+from tessera.training.stage import DataSpec, Objective, Stage
+from tessera.vae.losses import codebook_stats, kl_to_uniform, logit_laplace_nll, psnr
+from tessera.vae.model import DiscreteVAE
+from tessera.vae.pixels import map_pixels
+
+
+def temperature(cfg: VAEConfig, step: int) -> float:
+    """Gumbel-softmax temperature of update ``step``: cosine temp_start -> temp_end."""
+    return cosine(step, start=cfg.temp_start, end=cfg.temp_end, steps=cfg.temp_steps)
+
+
+def kl_weight(cfg: VAEConfig, step: int) -> float:
+    """beta of update ``step``: cosine 0 -> kl_weight over kl_steps, then constant."""
+    return cosine(step, start=0.0, end=cfg.kl_weight, steps=cfg.kl_steps)
+
+
+def relaxed_elb_loss(
+    images: torch.Tensor,
+    logits: torch.Tensor,
+    mu: torch.Tensor,
+    ln_b: torch.Tensor,
+    *,
+    beta: float,
+    eps: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """-ELB per pixel dimension: logit-Laplace NLL + beta * KL(q || uniform).
+
+    Both terms are in nats per image divided by the number of pixel dimensions (3*H*W), so
+    ``beta`` keeps the paper's meaning at any resolution. images: (B, 3, H, W) in [0, 1].
+    """
+    x = map_pixels(images.float(), eps)
+    dims = x[0].numel()
+    nll = logit_laplace_nll(x, mu.float(), ln_b.float()).flatten(1).sum(1)  # (B,) nats
+    kl = kl_to_uniform(logits).flatten(1).sum(1)  # (B,) nats
+    loss = (nll + beta * kl).mean() / dims
+    metrics = {
+        "nll_bpd": float(nll.detach().mean()) / dims / 0.6931471805599453,
+        "kl_nats": float(kl.detach().mean()),
+        "beta": beta,
+    }
+    return loss, metrics
+
+
+def make_objective(cfg: VAEConfig) -> Objective:
+    def objective(model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch["images"]
+        tau = temperature(cfg, step)
+        logits, mu, ln_b = model(map_pixels(images.float(), cfg.logit_laplace_eps), tau)
+        loss, metrics = relaxed_elb_loss(
+            images, logits, mu, ln_b, beta=kl_weight(cfg, step), eps=cfg.logit_laplace_eps
+        )
+        perplexity, dead = codebook_stats(logits.detach())
+        metrics.update({"temperature": tau, "perplexity": perplexity, "dead_codes": float(dead)})
+        return loss, metrics
+
+    return objective
+
+
+def make_batches(
+    cfg: VAEConfig, train: TrainConfig, data: DataSpec, ctx: DistContext
+) -> BatchStream:
+    return source_image_batches(
+        data.source,
+        image_size=cfg.image_size,
+        batch_size=train.batch_size,
+        seed=data.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        num_workers=train.num_workers,
+    )
+
+
+def heldout_images(cfg: VAEConfig, n: int = 32) -> torch.Tensor:
+    """A fixed batch of ``shapes`` eval-split images at the model's size (B, 3, S, S)."""
+    from tessera.training.data import shapes_image_batches
+
+    return next(
+        shapes_image_batches(
+            split="eval", image_size=cfg.image_size, batch_size=n, seed=0, rank=0, world_size=1
+        )
+    )["images"]
+
+
+@torch.no_grad()
+def reconstruct(model: DiscreteVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens (B, h, w), reconstructions (B, 3, H, W)) through argmax encode + mean decode."""
+    tokens = model.encode(images)
+    return tokens, model.decode(tokens)
+
+
+def make_sample_hook(cfg: VAEConfig) -> Callable[[nn.Module, int, Path], None]:
+    """Every ``sample_every`` updates: held-out PSNR, codebook use, a reconstruction grid."""
+    held: dict[str, torch.Tensor] = {}
+
+    def hook(model: nn.Module, step: int, out_dir: Path) -> None:
+        from tessera.vae.images import save_side_by_side
+
+        if "x" not in held:
+            held["x"] = heldout_images(cfg)
+        x = held["x"].to(next(model.parameters()).device)
+        tokens, rec = reconstruct(model, x)
+        used = int(torch.unique(tokens).numel())
+        record = {"step": step, "heldout_psnr": float(psnr(rec, x).mean()), "codes_used": used}
+        with (out_dir.parent / "eval.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        save_side_by_side(x[:16], rec[:16], out_dir / f"recon-{step:08d}.png")
+
+    return hook
+
+
+def export(model: nn.Module, cfg: VAEConfig, out_dir: Path) -> Path:
+    from tessera.checkpoint import save
+
+    return save(out_dir, config=cfg, model=model, overwrite=True)
+
+
+def _presets() -> dict[str, Callable[[], tuple[VAEConfig, TrainConfig]]]:
+    def tiny() -> tuple[VAEConfig, TrainConfig]:
+        return (
+            VAEConfig(
+                image_size=32,
+                n_hid=16,
+                n_blk_per_group=1,
+                group_count=3,
+                vocab_size=64,
+                n_init=16,
+                temp_steps=40,
+                kl_steps=10,
+            ),
+            TrainConfig(
+                steps=40,
+                batch_size=8,
+                lr=2e-3,
+                lr_end=2e-4,
+                lr_schedule="cosine",
+                betas=(0.9, 0.999),
+                weight_decay=1e-4,
+                grad_clip=0.0,
+                ema_decay=0.99,
+                checkpoint_every=20,
+                sample_every=20,
+            ),
+        )
+
+    def shapes() -> tuple[VAEConfig, TrainConfig]:
+        return (
+            VAEConfig(
+                image_size=64,
+                n_hid=32,
+                n_blk_per_group=1,
+                group_count=4,
+                vocab_size=512,
+                n_init=64,
+                temp_steps=3000,
+                kl_steps=500,
+            ),
+            TrainConfig(
+                steps=4000,
+                batch_size=32,
+                lr=2e-3,
+                lr_end=2e-5,
+                lr_schedule="cosine",
+                betas=(0.9, 0.999),
+                weight_decay=1e-4,
+                grad_clip=0.0,
+                ema_decay=0.999,
+                checkpoint_every=500,
+                sample_every=500,
+                precision="bf16",
+            ),
+        )
+
+    def dalle() -> tuple[VAEConfig, TrainConfig]:
+        # Paper App. A.2: 3M updates, batch 512 (8 per GPU on 64 GPUs), step size cosine
+        # 1e-4 -> 1.25e-6 over 1.2M updates, AdamW (0.9, 0.999, 1e-8, decay 1e-4), EMA 0.999.
+        return (
+            VAEConfig(),
+            TrainConfig(
+                steps=3_000_000,
+                batch_size=8,
+                lr=1e-4,
+                lr_end=1.25e-6,
+                lr_schedule="cosine",
+                lr_decay_steps=1_200_000,
+                betas=(0.9, 0.999),
+                eps=1e-8,
+                weight_decay=1e-4,
+                grad_clip=0.0,
+                ema_decay=0.999,
+                checkpoint_every=5000,
+                sample_every=5000,
+                precision="bf16",
+            ),
+        )
+
+    return {"tiny": tiny, "shapes": shapes, "dalle": dalle}
+
+
+STAGE = Stage(
+    name="vae",
+    model_config_cls=VAEConfig,
+    presets=_presets(),
+    build_model=DiscreteVAE,
+    objective=make_objective,
+    make_batches=make_batches,
+    sample_hook=make_sample_hook,
+    export=export,
+)
