@@ -157,6 +157,8 @@ class DiscreteVAE(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        # NHWC convolutions are ~1.5x faster on CPU (oneDNN) and preferred by cuDNN under AMP.
+        self.to(memory_format=torch.channels_last)
 
     def forward(
         self, x: torch.Tensor, temperature: float
@@ -167,7 +169,7 @@ class DiscreteVAE(nn.Module):
         decoder are gumbel-softmax samples at ``temperature`` (the paper's relaxation, used in
         both the forward and backward passes).
         """
-        logits = self.encoder(x)
+        logits = self.encoder(x.contiguous(memory_format=torch.channels_last))
         z = F.gumbel_softmax(logits.float(), tau=temperature, hard=False, dim=1)
         out = self.decoder(z)
         c = self.config.input_channels
@@ -177,13 +179,13 @@ class DiscreteVAE(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 1] -> (B, h, w) int64 tokens (argmax, no noise)."""
         x = map_pixels(images.float(), self.config.logit_laplace_eps)
-        return self.encoder(x).argmax(1)
+        return self.encoder(x.contiguous(memory_format=torch.channels_last)).argmax(1)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, h, w) int64 tokens -> (B, 3, H, W) images in [0, 1]: the logit-Laplace mean
         location ``sigmoid(mu)`` unmapped (always computed in float32)."""
-        z = F.one_hot(tokens, self.config.vocab_size).permute(0, 3, 1, 2).float()
+        z = F.one_hot(tokens, self.config.vocab_size).permute(0, 3, 1, 2).float()  # NHWC
         mu = self.decoder(z)[:, : self.config.input_channels].float()
         return unmap_pixels(torch.sigmoid(mu), self.config.logit_laplace_eps)
 
