@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pickle
+import signal
 import struct
 import tarfile
 import zlib
@@ -259,14 +261,20 @@ def build_coco(root: Path, split: str = "val2017", n: int = 4, missing: int = 1)
     return root
 
 
+CUB_CLASSES = ("001.Black_footed_Albatross", "002.Laysan_Albatross")  # test / train class
+
+
 def build_cub(root: Path, text_inside: bool = False) -> Path:
-    """A 6-image CUB-200-2011 tree (2 classes; ids 1, 4 in test) with ``text_c10`` next to
-    ``CUB_200_2011`` (or inside it)."""
+    """A 6-image CUB-200-2011 tree with ``text_c10`` next to ``CUB_200_2011`` (or inside it).
+
+    Two real CUB classes: ids 1-3 in ``CUB_CLASSES[0]`` (a test class of the class-disjoint
+    split), ids 4-6 in ``CUB_CLASSES[1]`` (a train class); ``train_test_split.txt`` puts ids
+    1 and 4 in CUB's own test set."""
     cub = root / "CUB_200_2011"
     text = (cub if text_inside else root) / "text_c10"
     rows, split = [], []
     for i in range(1, 7):
-        cls = f"{(i - 1) // 3 + 1:03d}.Bird_{(i - 1) // 3 + 1}"
+        cls = CUB_CLASSES[(i - 1) // 3]
         rel = f"{cls}/Bird_{i:04d}.jpg"
         rows.append(f"{i} {rel}")
         split.append(f"{i} {0 if i in (1, 4) else 1}")
@@ -278,3 +286,45 @@ def build_cub(root: Path, text_inside: bool = False) -> Path:
     (cub / "images.txt").write_text("\n".join(rows) + "\n")
     (cub / "train_test_split.txt").write_text("\n".join(split) + "\n")
     return root
+
+
+class Hang(BaseException):
+    """Raised by :func:`time_limit`; a BaseException, so no ``except Exception`` (or
+    ``except OSError``, which catches the builtin TimeoutError) in the code under test can
+    swallow it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Fail with :class:`Hang` instead of hanging (SIGALRM; main thread only). A blocking
+    ``open()`` of a FIFO is interrupted too: the handler's exception propagates (PEP 475).
+    The alarm repeats every second until the block ends, in case one is swallowed."""
+
+    def expire(signum, frame):
+        raise Hang(f"still running after {seconds} s: a hang")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def build_special_files(root: Path) -> dict:
+    """A folder with a good pair plus paths that are not regular files, named like data:
+    a FIFO image, an image that links to ``/dev/zero``, and good images whose caption is a
+    FIFO or a link to ``/dev/zero``. Returns the expected skip counts and good keys."""
+    root.mkdir(parents=True, exist_ok=True)
+    png = encode(noise_image(16, 16, 1), "PNG")
+    write_pair(root, "good.png", png, "a good one")
+    os.mkfifo(root / "pipe.jpg")
+    (root / "pipe.txt").write_text("caption of a fifo")
+    (root / "zero.png").symlink_to("/dev/zero")
+    (root / "zero.txt").write_text("caption of /dev/zero")
+    write_pair(root, "fifo_caption.png", png, None)
+    os.mkfifo(root / "fifo_caption.txt")
+    write_pair(root, "zero_caption.png", png, None)
+    (root / "zero_caption.txt").symlink_to("/dev/zero")
+    return {"skipped": {"unreadable_path": 4}, "good": ["good.png"]}

@@ -58,6 +58,8 @@ def test_shard_with_corrupt_images_trains_on_the_good_one(tmp_path):
 
 
 def test_bad_folder_through_a_dataloader_with_workers(tmp_path):
+    """Each worker counts in its own copy of the source; the counts travel with the batches
+    and the main process's ``src.report`` ends with the exact totals."""
     expected = build_bad_folder(tmp_path / "bad")
     cfg = DataConfig(image_size=16, max_caption_chars=200)
     src = open_source(str(tmp_path / "bad"), config=cfg)
@@ -70,12 +72,47 @@ def test_bad_folder_through_a_dataloader_with_workers(tmp_path):
         assert b["images"].shape[1:] == (3, 16, 16)
         assert b["images"].min() >= 0 and b["images"].max() <= 1
         assert len(b["captions"]) == len(b["keys"])
-    # in the main process (no workers) the report has the exact counts and is written out
-    list(ImageTextDataset(src, ImageTransform(16)))
+    assert ds.report is src.report
     report = json.loads(src.report.write(tmp_path / "run").read_text())
     assert report["skipped"] == expected["skipped"]
     assert report["filtered"] == expected["filtered"]
+    assert report["repaired"] == expected["repaired"]
     assert report["yielded"] == len(expected["good"])
+    seen = len(expected["good"]) + sum(expected["skipped"].values()) + 2  # 2 filtered
+    assert report["seen"] == seen
+    assert report["example_keys"]["skipped"]["decompression_bomb"] == [
+        "bomb.png", "bomb_warn.png"
+    ]  # fmt: skip
+    # a second epoch adds up, exactly as without workers
+    list(loader)
+    assert src.report.seen == 2 * seen
+    assert dict(src.report.skipped) == {k: 2 * v for k, v in expected["skipped"].items()}
+
+
+def _folder(root: Path, n: int, good) -> Path:
+    root.mkdir()
+    for i in range(n):
+        data = encode(noise_image(16, 16, i), "PNG") if good(i) else b"broken" * 10
+        (root / f"{i:02d}.png").write_bytes(data)
+        (root / f"{i:02d}.txt").write_text(f"caption {i}")
+    return root
+
+
+def test_bad_fraction_is_checked_on_the_merged_worker_counts(tmp_path):
+    """6 examples per worker (4 bad) never reach bad_fraction_min_seen=8 in one worker;
+    the merged counts do, in the main process, which raises in the training loop."""
+    root = _folder(tmp_path / "bad", 12, lambda i: i % 3 == 2)
+    cfg = DataConfig(image_size=16, max_bad_fraction=0.5, bad_fraction_min_seen=8)
+    src = open_source(str(root), config=cfg)
+    loader = torch.utils.data.DataLoader(
+        ImageTextDataset(src, ImageTransform(16)), batch_size=1, num_workers=2, collate_fn=collate
+    )
+    batches = iter(loader)
+    with pytest.raises(TooManyBadSamplesError, match="unusable") as info:
+        train_steps(batches)
+    assert "DataLoader worker" not in str(info.value)  # raised in the main process
+    assert src.report.seen >= 8 and src.report.bad_fraction > 0.5
+    del info, batches  # shut the workers down now
 
 
 def test_too_many_bad_samples_aborts_training(tmp_path):

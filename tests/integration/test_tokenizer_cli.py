@@ -3,6 +3,7 @@
 import argparse
 import ast
 import importlib.util
+import logging
 
 import pytest
 
@@ -43,6 +44,31 @@ def test_train_then_encode(corpus, tmp_path, capsys):
     assert ids == tok.encode("a red circle") and tok.eos_id not in tok.encode("<eos> 猫")
     tokens = ast.literal_eval(lines[2].split(":", 1)[1].strip())
     assert "".join(tokens).replace("Ġ", " ").strip() == "a red circle"
+
+
+def test_encode_truncates_an_over_long_prompt_and_says_so(corpus, tmp_path, capsys, caplog):
+    """T18 at the CLI: a prompt over max_length used to print all its ids, unwarned."""
+    out = tmp_path / "tok"
+    argv = ["tokenizer", "train", str(corpus), "--out", str(out), "--preset", "tiny"]
+    assert main([*argv, "--max-length", "8"]) == 0
+    capsys.readouterr()
+    tok = TextTokenizer.load(out)
+    prompt = " ".join(CAPTIONS[:2])
+    full = tok.encode(prompt, truncate=False)
+    n = len(full)
+    assert n > 8
+    with caplog.at_level(logging.WARNING, logger="tessera.text"):
+        assert main(["tokenizer", "encode", str(out), prompt]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        f"{prompt!r}: 8 tokens (truncated to max_length 8: {n - 8} of {n} tokens dropped)"
+    )
+    assert ast.literal_eval(lines[1].split(":", 1)[1].strip()) == full[:8]
+    assert f"dropped the last {n - 8} tokens" in caplog.text
+    assert main(["tokenizer", "encode", str(out), prompt, "--no-truncate"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{prompt!r}: {n} tokens (over max_length 8 by {n - 8}; not truncated)"
+    assert ast.literal_eval(lines[1].split(":", 1)[1].strip()) == full
 
 
 def test_n_limits_the_lines_read(corpus, tmp_path, capsys):

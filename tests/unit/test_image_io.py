@@ -17,6 +17,7 @@ from datafixtures import (
     noise_image,
     png_bomb,
     ramp16,
+    time_limit,
 )
 from tessera.config import DataConfig
 from tessera.data.image_io import (
@@ -25,7 +26,7 @@ from tessera.data.image_io import (
     load_image_with_repairs,
     sniff_format,
 )
-from tessera.errors import DataError
+from tessera.errors import ConfigError, DataError
 
 CFG = DataConfig()
 
@@ -224,3 +225,45 @@ def test_sniff_format():
     assert sniff_format(encode(noise_image(8, 8), "WEBP")[:32]) == "WEBP"
     assert sniff_format(encode(noise_image(8, 8), "TIFF")[:32]) == "TIFF"
     assert sniff_format(b"hello world, nothing here") is None
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    """open() of a FIFO blocks until a writer comes; it must never be opened."""
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "link.png").symlink_to(tmp_path / "pipe.jpg")
+    with time_limit(10):
+        assert reason_of(tmp_path / "pipe.jpg") == "unreadable_path"
+        assert reason_of(tmp_path / "link.png") == "unreadable_path"
+
+
+def test_device_file_is_refused_without_reading():
+    # a character device reports size 0 and never ends: stat() refuses it before open()
+    assert reason_of(Path("/dev/null")) == "unreadable_path"
+
+
+def test_file_size_cap(tmp_path):
+    data = encode(noise_image(32, 32), "PNG")
+    (tmp_path / "a.png").write_bytes(data)
+    cfg = DataConfig(max_image_bytes=len(data) - 1)
+    assert reason_of(tmp_path / "a.png", cfg) == "file_too_large"
+    assert reason_of(data, cfg) == "file_too_large"
+    assert load_image(tmp_path / "a.png", DataConfig(max_image_bytes=len(data))).size == (32, 32)
+    with pytest.raises(ConfigError, match="max_image_bytes"):
+        DataConfig(max_image_bytes=0)
+
+
+def test_image_formats_are_validated():
+    """{"image_formats": ["JPG"]} used to make every image corrupt_image, silently."""
+    with pytest.raises(ConfigError) as e:
+        DataConfig.from_dict({"image_formats": ["JPG"]})
+    msg = str(e.value)
+    assert "\n" not in msg and "'JPG' is not a Pillow image format" in msg
+    assert "did you mean 'JPEG'" in msg and "valid: " in msg and "PNG" in msg
+    with pytest.raises(ConfigError, match="at least one"):
+        DataConfig(image_formats=())
+    with pytest.raises(ConfigError, match="'NOPE'"):
+        DataConfig(image_formats=("PNG", "NOPE"))
+    cfg = DataConfig(image_formats=("jpeg", "png"))  # Pillow names, any case
+    assert cfg.image_formats == ("JPEG", "PNG")
+    assert DataConfig.from_json(cfg.to_json()) == cfg
+    assert load_image(encode(noise_image(16, 16), "PNG"), cfg).size == (16, 16)

@@ -2,7 +2,13 @@
 
 import json
 import logging
+import os
+import pickle
+import subprocess
 import sys
+import textwrap
+import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +18,16 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datafixtures import (
     BLUE,
+    CUB_CLASSES,
     RED,
     build_bad_folder,
     build_coco,
     build_cub,
+    build_special_files,
     encode,
     noise_image,
     ramp16,
+    time_limit,
     write_pair,
 )
 from tessera.config import DataConfig
@@ -30,7 +39,9 @@ from tessera.data import (
     FolderSource,
     open_source,
 )
+from tessera.data.report import ReportDelta
 from tessera.data.sources import detect_kind
+from tessera.data.sources.cub import default_test_classes
 from tessera.errors import DataError, TooManyBadSamplesError
 
 CFG = DataConfig(max_caption_chars=200)
@@ -185,11 +196,47 @@ def test_coco(tmp_path):
 @pytest.mark.parametrize("text_inside", [False, True])
 def test_cub(tmp_path, text_inside):
     root = build_cub(tmp_path / "cub", text_inside=text_inside)
-    test = list(CubSource(root, "test"))
-    assert [e.key for e in test] == ["001.Bird_1/Bird_0001", "002.Bird_2/Bird_0004"]
+    a, b = CUB_CLASSES
+    test = list(CubSource(root, "cub_test"))  # CUB's own image-level split
+    assert [e.key for e in test] == [f"{a}/Bird_0001", f"{b}/Bird_0004"]
     assert len(test[0].captions) == 10 and test[0].captions[3] == "bird 1 description 3"
-    assert len(list(CubSource(root, "train"))) == 4
+    assert len(list(CubSource(root, "cub_train"))) == 4
     assert len(list(CubSource(root / "CUB_200_2011", "all"))) == 6
+
+
+def test_cub_class_disjoint_split(tmp_path, caplog):
+    """train/test: the 150/50 class split of text-to-image work (StackGAN, AttnGAN, ...)."""
+    root = build_cub(tmp_path / "cub")
+    a, b = CUB_CLASSES
+    test = [e.key for e in CubSource(root, "test")]
+    train = [e.key for e in CubSource(root, "train")]
+    assert test == [f"{a}/Bird_{i:04d}" for i in (1, 2, 3)]
+    assert train == [f"{b}/Bird_{i:04d}" for i in (4, 5, 6)]
+    assert [e.key for e in open_source(f"cub:{root}")] == test  # the default split
+    # the bundled list: 50 classes, 2933 of CUB's 11788 images (8855 left for training)
+    classes = default_test_classes()
+    ids = {int(c.split(".", 1)[0]) for c in classes}
+    assert len(classes) == len(ids) == 50 and a in classes and b not in classes
+    assert ids == {
+        1, 4, 6, 8, 9, 14, 23, 29, 31, 33, 34, 35, 36, 37, 38, 43, 49, 51, 53, 66, 72, 79, 83,
+        84, 86, 91, 95, 96, 98, 101, 102, 103, 112, 114, 119, 121, 130, 135, 138, 147, 156,
+        163, 165, 166, 180, 183, 185, 186, 187, 197,
+    }  # fmt: skip
+    # a class list of one's own
+    mine = tmp_path / "classes.txt"
+    mine.write_text(f"# my split\n{b}\n\n")
+    assert [e.key for e in CubSource(root, "test", classes_file=mine)] == train
+    other = open_source(f"cub:{root}", split="train", classes_file=mine)
+    assert [e.key for e in other] == test
+    mine.write_text(f"{a}\n999.Not_a_bird\n")
+    with caplog.at_level(logging.WARNING, logger="tessera.data"):
+        assert [e.key for e in CubSource(root, "test", classes_file=mine)] == test
+    assert "1 of the 2 test classes" in caplog.text
+    mine.write_text("999.Not_a_bird\n")
+    with pytest.raises(DataError, match="none of the 1 test classes"):
+        CubSource(root, "test", classes_file=mine)
+    with pytest.raises(DataError, match="cannot read CUB class list"):
+        CubSource(root, "test", classes_file=tmp_path / "missing.txt")
 
 
 def test_cub_errors(tmp_path):
@@ -205,9 +252,9 @@ def test_cub_errors(tmp_path):
 
 def test_cub_missing_caption_file_is_counted(tmp_path):
     root = build_cub(tmp_path / "cub")
-    (root / "text_c10" / "001.Bird_1" / "Bird_0001.txt").unlink()
+    (root / "text_c10" / CUB_CLASSES[0] / "Bird_0001.txt").unlink()
     src = CubSource(root, "test")
-    assert len(list(src)) == 1 and src.report.skipped["caption_missing"] == 1
+    assert len(list(src)) == 2 and src.report.skipped["caption_missing"] == 1
 
 
 def test_open_source_dispatch(tmp_path, bad_folder):
@@ -269,3 +316,124 @@ def test_shapes_split_across_dataloader_workers():
     )
     keys = [k for b in loader for k in b["keys"]]
     assert len(keys) == 7 and sorted(keys) == sorted(e.key for e in open_source("shapes", n=7))
+
+
+def test_fifo_and_device_files_are_skipped_not_read(tmp_path):
+    """A FIFO named like an image or a caption used to block the run forever, and a link to
+    /dev/zero to read forever. Run in a subprocess with a timeout and a memory cap, so that a
+    regression fails instead of hanging or eating the machine's memory."""
+    expected = build_special_files(tmp_path / "special")
+    code = textwrap.dedent(
+        f"""
+        import json, resource
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        from tessera.data.sources.folder import FolderSource
+        src = FolderSource({str(tmp_path / "special")!r})
+        keys = [e.key for e in src.iter_partition(0, 1)]
+        print(json.dumps([keys, src.report.to_dict()]))
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    keys, report = json.loads(run.stdout)
+    assert keys == expected["good"]
+    assert report["skipped"] == expected["skipped"]
+    assert sorted(report["example_keys"]["skipped"]["unreadable_path"]) == [
+        "fifo_caption.png", "pipe.jpg", "zero.png", "zero_caption.png"
+    ]  # fmt: skip
+
+
+def test_fifo_caption_in_process(tmp_path):
+    write_pair(tmp_path, "a.png", encode(noise_image(16, 16), "PNG"), None)
+    os.mkfifo(tmp_path / "a.txt")
+    write_pair(tmp_path, "b.png", encode(noise_image(16, 16), "PNG"), "x" * 40)
+    src = FolderSource(tmp_path, config=DataConfig(max_caption_bytes=32))
+    with time_limit(10):
+        assert list(src) == []
+    assert dict(src.report.skipped) == {"unreadable_path": 1, "file_too_large": 1}
+
+
+def _deny_listing(monkeypatch, denied: Path) -> None:
+    """os.walk lists directories with os.scandir; make it fail for ``denied`` like a
+    directory without read permission does (root reads through chmod 000)."""
+    real = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == denied:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+
+
+def _tree(root: Path) -> None:
+    png = encode(noise_image(16, 16), "PNG")
+    for name in ("a.png", "locked/b.png", "locked/deeper/c.png", "z/d.png"):
+        write_pair(root, name, png, f"caption of {name}")
+
+
+def test_unlistable_directory_is_counted(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    _tree(root)
+    _deny_listing(monkeypatch, root / "locked")
+    src = FolderSource(root)
+    assert [e.key for e in src] == ["a.png", "z/d.png"]
+    assert dict(src.report.skipped) == {"unreadable_path": 1}
+    assert src.report.keys["skipped"]["unreadable_path"] == ["locked/"]
+    # counted by exactly one rank
+    total: Counter = Counter()
+    for rank in range(2):
+        part = FolderSource(root, rank=rank, world_size=2)
+        list(part)
+        total += part.report.skipped
+    assert total == {"unreadable_path": 1}
+    # the root itself: an error up front
+    _deny_listing(monkeypatch, root)
+    with pytest.raises(DataError, match="cannot list image folder"):
+        list(FolderSource(root))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root lists directories regardless of mode")
+def test_unreadable_directory_for_real(tmp_path):
+    root = tmp_path / "data"
+    _tree(root)
+    (root / "locked").chmod(0)
+    try:
+        src = FolderSource(root)
+        assert [e.key for e in src] == ["a.png", "z/d.png"]
+        assert dict(src.report.skipped) == {"unreadable_path": 1}
+    finally:
+        (root / "locked").chmod(0o755)
+
+
+def test_report_delta_merges_once_into_its_report():
+    report = DataReport(DataConfig(max_bad_fraction=0.5, bad_fraction_min_seen=4))
+    worker = DataReport(report.config)
+    worker.see(2)
+    worker.skip("corrupt_image", "k1")
+    delta = ReportDelta(report.uid, worker.take_state(), final=True, workers=1)
+    assert worker.is_empty()
+    assert pickle.loads(pickle.dumps(delta)).absorbed is False  # same process: no merge
+    delta.origin_pid = -1  # as if sent by a DataLoader worker
+    arrived = pickle.loads(pickle.dumps(delta))
+    assert arrived.absorbed and report.seen == 2 and report.skipped["corrupt_image"] == 1
+    pickle.loads(pickle.dumps(arrived))  # pickling it again never merges it again
+    assert report.seen == 2
+    # over the limit: raised in the main thread; in another (pin-memory) thread, the
+    # DataLoader's next call there, pin_memory(), raises it
+    over = DataReport(report.config)
+    over.see(3)
+    for k in ("k2", "k3", "k4"):
+        over.skip("corrupt_image", k)  # 3 seen: below bad_fraction_min_seen on its own
+    delta = ReportDelta(report.uid, over.take_state())
+    delta.origin_pid = -1
+    with pytest.raises(TooManyBadSamplesError, match="4 of 5"):
+        pickle.loads(pickle.dumps(delta))
+    got = []
+    thread = threading.Thread(target=lambda: got.append(pickle.loads(pickle.dumps(delta))))
+    thread.start()
+    thread.join()
+    with pytest.raises(TooManyBadSamplesError):
+        got[0].pin_memory()

@@ -3,8 +3,10 @@ stats (T17), rank/worker splitting, resampled epochs."""
 
 import gc
 import importlib.util
+import json
 import logging
 import sys
+import tarfile
 import warnings
 from pathlib import Path
 
@@ -122,6 +124,109 @@ def test_truncated_shard_is_counted_and_others_stream(tmp_path, caplog):
     assert dict(src.report.shard_errors) == {str(shards[1]): {"truncated_shard": 1}}
     assert "truncated_shard" in caplog.text
     assert src.report.to_dict()["shard_errors"][str(shards[1])] == {"truncated_shard": 1}
+
+
+def _members(path):
+    """(name, header offset, data offset, size) of every member of a tar."""
+    with tarfile.open(path) as tar:
+        return [(m.name, m.offset, m.offset_data, m.size) for m in tar.getmembers()]
+
+
+# Where shard 00001 (3 samples of .jpg/.txt/.json; the .jpg is > 512 bytes) is cut, and how
+# many of its samples stream before the cut.
+CUTS = {
+    "inside a header": (lambda m: m[4][1] + 100, 1),  # the 2nd sample's .txt header
+    "at a block boundary before a header": (lambda m: m[4][1], 1),
+    "inside member data": (lambda m: m[3][2] + 300, 1),  # the 2nd sample's .jpg data
+    "at a block boundary inside member data": (lambda m: m[3][2] + 512, 1),
+    "after the last member, no end marker": (lambda m: m[-1][2] + 512, 3),
+    "inside the end-of-archive marker": (lambda m: m[-1][2] + 512 + 100, 3),
+}
+
+
+@pytest.mark.parametrize("where", list(CUTS))
+def test_every_kind_of_cut_shard_is_counted_as_truncated(tmp_path, where):
+    """T15: Python's tarfile ends quietly on a missing or partial header, as if the archive
+    were complete; the shard must still be counted as truncated, the sample that was cut off
+    must not count as caption_missing, and the next shard must stream."""
+    shards = build_shards(tmp_path, [3, 3, 3])
+    cut, survivors = CUTS[where]
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: cut(_members(shards[1]))])
+    src = WebDatasetSource([str(s) for s in shards])
+    keys = [e.key for e in src]
+    expected = all_keys([3, 0, 0]) + all_keys([0, survivors]) + all_keys([0, 0, 3])
+    assert keys == expected
+    assert dict(src.report.shard_errors) == {str(shards[1]): {"truncated_shard": 1}}
+    assert not src.report.skipped
+    assert src.report.seen == src.report.yielded == len(expected)
+
+
+def test_complete_shards_record_no_shard_error(tmp_path):
+    shards = build_shards(tmp_path, [2, 1])
+    src = WebDatasetSource([str(s) for s in shards])
+    assert len(list(src)) == 3 and not src.report.shard_errors
+
+
+def test_garbage_header_after_the_first_member_is_counted(tmp_path):
+    shards = build_shards(tmp_path, [3, 2])
+    data = bytearray(shards[0].read_bytes())
+    offset = _members(shards[0])[3][1]  # the 2nd sample's first header
+    data[offset : offset + 512] = b"\x7fgarbage!" * 51 + b"\x00\x00"
+    shards[0].write_bytes(bytes(data))
+    src = WebDatasetSource([str(s) for s in shards])
+    assert [e.key for e in src] == ["00000/000000000", *all_keys([0, 2])]
+    assert dict(src.report.shard_errors) == {str(shards[0]): {"corrupt_shard": 1}}
+
+
+def test_oversized_members_are_not_read(tmp_path):
+    members = shard_members(0, 2)
+    members[1] = ("000000000.txt", b"x" * 100)  # over max_caption_bytes below
+    write_tar(tmp_path / "s.tar", members)
+    cfg = DataConfig(image_size=16, max_caption_bytes=64, max_image_bytes=900)
+    src = WebDatasetSource(str(tmp_path / "s.tar"), config=cfg)
+    assert [e.key for e in src] == ["s/000000001"]
+    assert dict(src.report.skipped) == {"file_too_large": 1}
+    src = WebDatasetSource(str(tmp_path / "s.tar"), config=cfg.replace(max_image_bytes=100))
+    assert list(src) == [] and dict(src.report.skipped) == {"file_too_large": 2}
+
+
+def test_txt_member_is_one_caption_per_line_and_json_captions_list(tmp_path):
+    img = encode(noise_image(16, 16), "JPEG")
+    write_tar(
+        tmp_path / "s.tar",
+        [
+            ("a.jpg", img),
+            ("a.txt", b"first caption\n\n  second caption  \nthird\n"),
+            ("b.jpg", img),
+            ("b.txt", b"a single img2dataset caption"),
+            ("c.jpg", img),
+            ("c.json", json.dumps({"captions": [" one ", "", "two"], "caption": "x"}).encode()),
+        ],
+    )
+    got = {e.key: e.captions for e in WebDatasetSource(str(tmp_path / "s.tar"))}
+    assert got == {
+        "s/a": ("first caption", "second caption", "third"),
+        "s/b": ("a single img2dataset caption",),
+        "s/c": ("one", "two"),
+    }
+
+
+def test_shapes_webdataset_export_reads_back_every_caption(tmp_path):
+    """``tessera data shapes --format webdataset`` writes 5 captions per .txt, one per line:
+    reading the shards back gives exactly the captions of the shapes source."""
+    pytest.importorskip("tessera.data.shapes")
+    from tessera.config.shapes import ShapesConfig
+    from tessera.data.shapes import ShapesSource, export_shapes
+
+    cfg = ShapesConfig(size=32)
+    export_shapes(tmp_path, n=7, split="train", format="webdataset", shard_size=3, config=cfg)
+    src = open_source(f"wds:{tmp_path}/*.tar", config=DataConfig(image_size=32))
+    got = {e.key.split("/", 1)[1]: e.captions for e in src}
+    shapes = ShapesSource(cfg, split="train", n=7)
+    assert got == {f"{shapes.index(i):06d}": shapes.captions(i) for i in range(7)}
+    assert all(len(c) == cfg.n_captions == 5 for c in got.values())
+    assert src.report.yielded == 7 and not src.report.shard_errors
 
 
 def test_not_a_tar_is_counted(tmp_path):

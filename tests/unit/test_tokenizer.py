@@ -60,7 +60,7 @@ def nfkc_lower(text):
     ],
 )
 def test_ascii_round_trip_is_lowercased_input(tok, text):
-    assert tok.decode(tok.encode(text)) == text.lower().strip()
+    assert tok.decode(tok.encode(text, truncate=False)) == text.lower().strip()
 
 
 def test_uppercase_is_lowercased(tok):
@@ -81,7 +81,7 @@ def test_nfkc_is_applied(tok, text, normalised):
     "text", ["🐱 next to a 🟥", "红色的圆", "猫と犬", "Ünïcödé ßtraße", "👩‍👩‍👧"]
 )
 def test_emoji_and_cjk_encode_without_unk_and_round_trip(tok, text):
-    ids = tok.encode(text)
+    ids = tok.encode(text, truncate=False)
     assert ids and all(3 <= i < tok.vocab_size for i in ids)  # byte tokens, never a special
     assert tok.hf_tokenizer.model.unk_token is None
     assert tok.decode(ids) == nfkc_lower(text)
@@ -93,7 +93,7 @@ def test_red_is_one_token_at_start_and_in_the_middle(tok):
 
 
 def test_special_token_text_in_a_caption_stays_text(tok):
-    ids = tok.encode("<pad> <bos> <eos>")
+    ids = tok.encode("<pad> <bos> <eos>", truncate=False)
     assert not {tok.pad_id, tok.bos_id, tok.eos_id} & set(ids)
     assert tok.decode(ids) == "<pad> <bos> <eos>"
 
@@ -171,9 +171,9 @@ def test_batch_equals_one_by_one_encoding():
     texts = [random_text(rng) for _ in range(3 * _CHUNK + 5)]  # several chunks
     batch = tok.encode_batch(texts)
     for row, text, n in zip(batch.ids.tolist(), texts, batch.lengths.tolist()):
-        expected = tok.encode(text)[:64]
+        expected = tok.encode(text, truncate=False)[:64]
         assert (n, row[:n]) == (len(expected), expected), repr(text)
-        assert tok.decode(tok.encode(text)) == tok.normalize(text), repr(text)
+        assert tok.decode(tok.encode(text, truncate=False)) == tok.normalize(text), repr(text)
     # with dropout: other segmentations of the same text
     train = tok.encode_batch(texts * 4, train=True)
     assert train.truncated >= batch.truncated * 4
@@ -196,7 +196,7 @@ def test_caption_containing_the_separator_falls_back_exactly(tok):
     texts = ["a red circle", f"a {_SEP} blue", "a star"]
     batch = tok.encode_batch(texts)
     for row, text, n in zip(batch.ids.tolist(), texts, batch.lengths.tolist()):
-        assert row[:n] == tok.encode(text)[:16]
+        assert row[:n] == tok.encode(text, truncate=False)[:16]
 
 
 def test_non_string_input_is_a_tokenizer_error(tok):
@@ -210,7 +210,7 @@ def test_non_string_input_is_a_tokenizer_error(tok):
 def test_long_caption_is_truncated_with_a_warning_and_counted(tok, caplog):
     tok = pickle.loads(pickle.dumps(tok))  # fresh stats
     long = " ".join(corpus(40))
-    full = tok.encode(long)
+    full = tok.encode(long, truncate=False)
     assert len(full) > 16
     with caplog.at_level(logging.WARNING, logger="tessera.text"):
         batch = tok.encode_batch([long, "a red circle"])
@@ -230,7 +230,7 @@ def test_long_caption_is_truncated_with_a_warning_and_counted(tok, caplog):
 
 def test_truncation_keeps_eos(tok):
     long = " ".join(corpus(40))
-    full = tok.encode(long)
+    full = tok.encode(long, truncate=False)
     batch = tok.encode_batch([long], add_eos=True)
     assert batch.ids[0].tolist() == [*full[:15], tok.eos_id]
     assert (batch.lengths.item(), batch.dropped_tokens) == (16, len(full) - 15)
@@ -239,13 +239,35 @@ def test_truncation_keeps_eos(tok):
 def test_paper_length_prompt_over_256_tokens(tok, caplog):
     tok256 = TextTokenizer(tok.hf_tokenizer, CONFIG.replace(max_length=256))
     long = " ".join(corpus(200))
-    n = len(tok256.encode(long))
+    n = len(tok256.encode(long, truncate=False))
     assert n > 256
     with caplog.at_level(logging.WARNING, logger="tessera.text"):
         batch = tok256.encode_batch([long])
     assert batch.ids.shape == (1, 256) and batch.lengths.item() == 256
     assert batch.dropped_tokens == n - 256
     assert f"dropping {n - 256} tokens" in caplog.text
+
+
+def test_encode_truncates_an_over_long_prompt_with_a_warning(tok, caplog):
+    """T18 for a single prompt: 300 tokens against max_length 256 -> 256 ids and a warning
+    naming the 44 dropped tokens; ``truncate=False`` keeps them all."""
+    tok256 = TextTokenizer(tok.hf_tokenizer, CONFIG.replace(max_length=256))
+    prompt = tok256.decode(tok256.encode(" ".join(corpus(200)), truncate=False)[:300])
+    full = tok256.encode(prompt, truncate=False)
+    n = len(full)
+    assert n > 290
+    with caplog.at_level(logging.WARNING, logger="tessera.text"):
+        ids = tok256.encode(prompt)
+    assert ids == full[:256]
+    [record] = [r for r in caplog.records if r.name == "tessera.text"]
+    assert record.levelno == logging.WARNING
+    assert f"prompt of {n} tokens truncated to max_length 256" in record.getMessage()
+    assert f"dropped the last {n - 256} tokens" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tessera.text"):
+        assert tok256.encode(prompt, truncate=False) == full
+        assert tok256.encode("a red circle") == tok256.encode("a red circle", truncate=False)
+    assert not caplog.records
 
 
 def test_training_truncation_warns_once_then_counts(tok, caplog):

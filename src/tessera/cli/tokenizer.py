@@ -8,6 +8,8 @@ import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
+from tessera.cli.data_inspect import positive_int
+
 _DEFAULT_EXAMPLES = 10_000
 
 
@@ -29,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-length", type=int, default=None, help="override the preset's")
     p.add_argument(
         "--n",
-        type=int,
+        type=positive_int,
         default=None,
         help=f"examples to read (default: {_DEFAULT_EXAMPLES} from a data source; "
         "every line of a .txt file)",
@@ -39,10 +41,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e = subparsers.add_parser(
         "encode",
         help="print the token ids and tokens of texts",
-        description="Encode each TEXT with the tokenizer in DIR (inference: no dropout).",
+        description=(
+            "Encode each TEXT with the tokenizer in DIR (inference: no dropout). A text longer "
+            "than the tokenizer's max_length is truncated to it, as a model would see it, and "
+            "the number of dropped tokens is reported (--no-truncate prints every id)."
+        ),
     )
     e.add_argument("dir", metavar="DIR", help="tokenizer directory or tokenizer.json")
     e.add_argument("texts", metavar="TEXT", nargs="+", help="text to encode")
+    e.add_argument(
+        "--no-truncate", action="store_true", help="print every id, even beyond max_length"
+    )
     e.set_defaults(func=run_encode)
 
 
@@ -50,11 +59,8 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tessera.config import preset
-    from tessera.errors import ConfigError
     from tessera.text import TextTokenizer
 
-    if args.n is not None and args.n < 1:
-        raise ConfigError(f"--n must be >= 1, got {args.n}")
     config = preset("tokenizer", args.preset)
     overrides = {"vocab_size": args.vocab_size, "max_length": args.max_length}
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
@@ -76,9 +82,19 @@ def run_encode(args: argparse.Namespace) -> int:
     from tessera.text import TextTokenizer
 
     tok = TextTokenizer.load(args.dir)
+    limit = tok.max_length
     for text in args.texts:
-        ids = tok.encode(text)
-        print(f"{text!r}: {len(ids)} tokens")
+        total = len(tok.encode(text, truncate=False))
+        ids = tok.encode(text, truncate=not args.no_truncate)  # warns when it truncates
+        note = ""
+        if total > limit:
+            dropped = total - limit
+            note = (
+                f" (over max_length {limit} by {dropped}; not truncated)"
+                if args.no_truncate
+                else f" (truncated to max_length {limit}: {dropped} of {total} tokens dropped)"
+            )
+        print(f"{text!r}: {len(ids)} tokens{note}")
         print(f"  ids:    {ids}")
         print(f"  tokens: {tok.tokens(ids)}")
     return 0

@@ -78,7 +78,8 @@ def run_train(args: argparse.Namespace, stage_name: str) -> int:
     stage = getattr(importlib.import_module(module), attr)
     if args.preset not in stage.presets:
         raise ConfigError(
-            f"unknown {stage_name} preset {args.preset!r}; choose from: {', '.join(sorted(stage.presets))}"
+            f"unknown {stage_name} preset {args.preset!r}; "
+            f"choose from: {', '.join(sorted(stage.presets))}"
         )
     model_cfg, train_cfg = stage.presets[args.preset]()
     m_over, t_over = split_overrides(

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.set_defaults(func=_encode if name == "encode" else _reconstruct)
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202
+def _load(args: argparse.Namespace):
     import torch
 
     from tessera import checkpoint

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -24,6 +24,7 @@ __all__ = [
     "ImageDecodeError",
     "load_image",
     "load_image_with_repairs",
+    "read_file_capped",
     "sniff_format",
 ]
 
@@ -68,7 +69,8 @@ class BadSampleError(DataError):
 class ImageDecodeError(BadSampleError):
     """An image could not be decoded. Reasons: ``corrupt_image``, ``truncated_image``,
     ``decompression_bomb``, ``unsupported_format``, ``too_small``, ``image_missing`` (no such
-    file, or a broken link), ``unreadable_path`` (permissions, a directory, ...), ``zero_byte``.
+    file, or a broken link), ``unreadable_path`` (permissions, a directory, a FIFO or device
+    file, ...), ``file_too_large`` (over ``DataConfig.max_image_bytes``), ``zero_byte``.
     """
 
 
@@ -106,7 +108,7 @@ def load_image_with_repairs(
     """
     config = config or DataConfig()
     name = "<bytes>" if isinstance(src, bytes | bytearray) else os.fspath(src)
-    data = _read_bytes(src, name)
+    data = _read_bytes(src, name, config)
     if not data:
         raise ImageDecodeError("zero_byte", f"empty image file: {name}")
     with warnings.catch_warnings():
@@ -139,17 +141,74 @@ def load_image_with_repairs(
             raise ImageDecodeError(reason, f"{name}: {msg}") from None
 
 
-def _read_bytes(src: str | os.PathLike[str] | bytes, name: str) -> bytes:
+def _read_bytes(src: str | os.PathLike[str] | bytes, name: str, config: DataConfig) -> bytes:
     if isinstance(src, bytes | bytearray):
+        if len(src) > config.max_image_bytes:
+            raise ImageDecodeError(
+                "file_too_large",
+                f"{name}: {len(src)} bytes exceeds max_image_bytes {config.max_image_bytes}",
+            )
         return bytes(src)
     try:
-        return Path(src).read_bytes()
+        return read_file_capped(src, config.max_image_bytes, missing="image_missing")
+    except BadSampleError as e:
+        raise ImageDecodeError(e.reason, str(e)) from None
+
+
+def read_file_capped(
+    path: str | os.PathLike[str],
+    max_bytes: int,
+    *,
+    missing: str,
+    unreadable: str = "unreadable_path",
+) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` bytes, never blocking or reading
+    without end.
+
+    The path is ``stat``-ed (following links) before it is opened, so a FIFO, a socket or a
+    device (``/dev/zero``, a link to one) is refused without being opened: reason
+    ``unreadable_path``. A larger file is ``file_too_large`` (checked from its size, and again
+    while reading, as a file can grow). A missing file (or a broken link) raises with reason
+    ``missing``; another ``OSError`` (permissions, ...) with reason ``unreadable``. All
+    raise :class:`BadSampleError`.
+    """
+    name = os.fspath(path)
+    try:
+        _check_regular(os.stat(name), name, max_bytes)
+        # O_NONBLOCK: if the path was swapped for a FIFO after the stat, open() still returns
+        # at once (and fstat below refuses it); it changes nothing for regular files.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+        with open(os.open(name, flags), "rb") as f:  # buffered: read() loops on short reads
+            _check_regular(os.fstat(f.fileno()), name, max_bytes)
+            data = f.read(max_bytes + 1)
     except FileNotFoundError:
-        raise ImageDecodeError("image_missing", f"image file not found: {name}") from None
+        raise BadSampleError(missing, f"file not found: {name}") from None
     except OSError as e:
-        raise ImageDecodeError(
-            "unreadable_path", f"cannot read {name}: {e.strerror or type(e).__name__}"
+        raise BadSampleError(
+            unreadable, f"cannot read {name}: {e.strerror or type(e).__name__}"
         ) from None
+    if len(data) > max_bytes:  # it grew after the stat
+        raise BadSampleError("file_too_large", f"{name}: more than {max_bytes} bytes")
+    return data
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _check_regular(st: os.stat_result, name: str, max_bytes: int) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((k for test, k in _FILE_KINDS if test(st.st_mode)), "not a regular file")
+        raise BadSampleError("unreadable_path", f"{name}: {kind}, not a regular file")
+    if st.st_size > max_bytes:
+        raise BadSampleError(
+            "file_too_large", f"{name}: {st.st_size} bytes exceeds the cap of {max_bytes}"
+        )
 
 
 def _decode(data: bytes, name: str, config: DataConfig) -> tuple[Image.Image, tuple[str, ...]]:

@@ -279,11 +279,28 @@ class TextTokenizer:
         ``decode(encode(text)) == normalize(text)``."""
         return self._normalizer.normalize_str(text)
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of one caption for inference: no dropout, no truncation, no specials."""
+    def encode(self, text: str, *, truncate: bool = True) -> list[int]:
+        """Token ids of one caption (prompt) for inference: no dropout, no special tokens.
+
+        A caption longer than :attr:`max_length` tokens is cut to its first ``max_length``
+        tokens, with a warning on logger ``tessera.text`` that says how many tokens were
+        dropped (a model only ever sees ``max_length`` text tokens). ``truncate=False``
+        returns every id.
+        """
         if not isinstance(text, str):
             raise TokenizerError(f"can only encode str, got {type(text).__name__}")
-        return self._plain.encode(text).ids
+        ids = self._plain.encode(text).ids
+        if truncate and len(ids) > self.max_length:
+            logger.warning(
+                "prompt of %d tokens truncated to max_length %d: dropped the last %d tokens "
+                "(starting %r)",
+                len(ids),
+                self.max_length,
+                len(ids) - self.max_length,
+                self._plain.decode(ids[self.max_length : self.max_length + 8]).strip(),
+            )
+            ids = ids[: self.max_length]
+        return ids
 
     def tokens(self, ids: Iterable[int]) -> list[str]:
         """The byte-level token strings of ``ids`` ("Ġ" marks a leading space)."""

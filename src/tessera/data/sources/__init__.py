@@ -143,10 +143,13 @@ def open_source(
     """Build a data source from a spec string (see the module docstring).
 
     split: shapes "train"/"eval" (default train), COCO split name (default: val2014 or
-    val2017, whichever exists), CUB "train"/"test"/"all" (default test); ignored otherwise.
+    val2017, whichever exists), CUB "train"/"test" (the class-disjoint 150/50 split of
+    text-to-image work; default test), "cub_train"/"cub_test" (CUB's own image split) or
+    "all"; ignored otherwise.
     rank / world_size: this process's share (every ``world_size``-th example; whole shards
     for webdataset). n: at most this many examples per rank. ``options`` go to the source
-    class (e.g. ``resampled=True, epoch_length=...`` for webdataset). A missing path or an
+    class (e.g. ``resampled=True, epoch_length=...`` for webdataset, ``classes_file=`` for
+    CUB). A missing path or an
     unknown layout raises :class:`DataError`.
     """
     common: dict[str, Any] = dict(

@@ -18,7 +18,7 @@ from pathlib import Path
 from tessera.config.data import DataConfig
 from tessera.data.example import Example
 from tessera.data.filters import ExampleFilter, Predicate, apply_filters, build_filters
-from tessera.data.image_io import BadSampleError, load_image_with_repairs
+from tessera.data.image_io import BadSampleError, load_image_with_repairs, read_file_capped
 from tessera.data.report import DataReport
 from tessera.errors import DataError
 
@@ -37,11 +37,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 @dataclasses.dataclass(frozen=True, slots=True)
 class Candidate:
     """One not-yet-decoded example: ``image`` is a file path or the encoded bytes;
-    ``captions`` returns the captions or raises :class:`BadSampleError`."""
+    ``captions`` returns the captions or raises :class:`BadSampleError`. ``error``, when set,
+    is why the candidate is unusable before anything is read (an unlistable directory, an
+    oversized tar member); it is counted under its reason like any other skip."""
 
     key: str
     image: Path | bytes | None
     captions: Callable[[], Sequence[str]]
+    error: BadSampleError | None = None
 
 
 def parse_captions(data: bytes, *, one_per_line: bool = True) -> tuple[str, ...]:
@@ -61,15 +64,15 @@ def parse_captions(data: bytes, *, one_per_line: bool = True) -> tuple[str, ...]
     return captions
 
 
-def read_caption_file(path: Path, *, one_per_line: bool = True) -> tuple[str, ...]:
+def read_caption_file(
+    path: Path, *, one_per_line: bool = True, max_bytes: int = DataConfig.max_caption_bytes
+) -> tuple[str, ...]:
     """:func:`parse_captions` of a file; a missing file is ``caption_missing``, an unreadable
-    one ``caption_unreadable``."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BadSampleError("caption_missing", f"no caption file {path}") from None
-    except OSError as e:
-        raise BadSampleError("caption_unreadable", f"cannot read {path}: {e.strerror}") from None
+    one ``caption_unreadable``. Only regular files are read (a FIFO or device file named
+    ``x.txt`` is ``unreadable_path``), and at most ``max_bytes`` of them (``file_too_large``)."""
+    data = read_file_capped(
+        path, max_bytes, missing="caption_missing", unreadable="caption_unreadable"
+    )
     return parse_captions(data, one_per_line=one_per_line)
 
 
@@ -157,6 +160,8 @@ class Source:
         report = self.report
         report.see()
         try:
+            if cand.error is not None:
+                raise cand.error
             captions = tuple(cand.captions())
             if cand.image is None:
                 raise BadSampleError("image_missing", f"{cand.key}: no image")

@@ -1,12 +1,26 @@
 """Tar shards in the img2dataset / LAION layout (``key.jpg`` + ``key.txt`` [+ ``key.json``]).
 
-Streaming and shard splitting use the ``webdataset`` library; decoding does not. Only
-allowlisted members (jpg/jpeg/png/webp/txt/json) are ever read, so ``.pyd``/``.pth``/
-``.pickle`` members are never unpickled; images go through our own
-:func:`~tessera.data.image_io.load_image`. Errors are counted, never slept on: a bad sample is
-skipped under its reason, a truncated or unreadable shard is counted for that shard and the
-next shard streams. Every local shard is checked to exist (and be non-empty) when the source
-is built, so a missing shard is an error before training starts, not a hang.
+Shard lists, splitting across ranks/workers and resampling use the ``webdataset`` library;
+reading members and decoding do not. Only allowlisted members (jpg/jpeg/png/webp/txt/json)
+are ever read, so ``.pyd``/``.pth``/``.pickle`` members are never unpickled; images go
+through our own :func:`~tessera.data.image_io.load_image`, and a member larger than
+``max_image_bytes`` / ``max_caption_bytes`` is not read at all (``file_too_large``).
+
+Captions: the ``.txt`` member holds one caption per line (stripped, blank lines dropped; the
+single line img2dataset writes is one caption; ``tessera data shapes --format webdataset``
+writes several); without a ``.txt``, the ``.json`` member's ``"captions"`` list or
+``"caption"`` string is used.
+
+Errors are counted, never slept on: a bad sample is skipped under its reason; a shard whose
+stream breaks is counted for that shard in ``report.shard_errors`` and the next shard
+streams. A shard must end with the tar end-of-archive marker: one cut at a member boundary or
+inside a member header (where Python's ``tarfile`` just stops, as if the archive had ended)
+is counted as ``truncated_shard`` too. The sample being read when a shard broke is kept only
+if it already has an image and a caption member; otherwise it is dropped *without* a
+per-sample count (no ``caption_missing`` for a ``.txt`` that was cut off): the shard's
+``truncated_shard`` already accounts for it. Every local shard is checked to exist (and be
+non-empty) when the source is built, so a missing shard is an error before training starts,
+not a hang.
 """
 
 from __future__ import annotations
@@ -15,6 +29,7 @@ import glob
 import json
 import os
 import random
+import re
 import tarfile
 from collections.abc import Iterator, Sequence
 from functools import partial
@@ -31,7 +46,10 @@ __all__ = ["ALLOWED_EXTENSIONS", "WebDatasetSource", "expand_shards", "read_upst
 
 ALLOWED_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "txt", "json"})
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+CAPTION_EXTENSIONS = ("txt", "json")
 _GLOB_CHARS = set("*?[")
+_KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
+_META_RE = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta
 
 
 def _is_remote(url: str) -> bool:
@@ -228,7 +246,6 @@ class WebDatasetSource(Source):
         Raises :class:`DataError` when every shard of a pass fails (or, resampling, when
         shards keep failing) instead of streaming nothing forever.
         """
-        from webdataset import tariterators
         from webdataset.gopen import gopen
 
         tried = failed_in_a_row = 0
@@ -242,17 +259,10 @@ class WebDatasetSource(Source):
             except Exception as e:
                 self.report.shard_error(url, "shard_unreadable", _first_line(e))
             else:
-                handler = _MemberHandler(self, url)
                 try:
-                    files = tariterators.tar_file_iterator(
-                        stream, handler=handler, select_files=allowed_member
-                    )
-                    files = ({**f, "__url__": url} for f in files)
-                    for sample in tariterators.group_by_keys(files, handler=handler):
+                    for sample in self._shard_samples(stream, url):
                         got += 1
                         yield sample
-                except Exception as e:  # the tar stream broke: count it, go on to the next shard
-                    self.report.shard_error(url, _stream_reason(e), _first_line(e))
                 finally:
                     stream.close()
             any_ok = any_ok or got > 0
@@ -265,35 +275,123 @@ class WebDatasetSource(Source):
             first = next(iter(self.report.shard_errors))
             raise DataError(f"all {tried} shard(s) failed to stream (first: {first})")
 
+    def _shard_samples(self, stream: Any, url: str) -> Iterator[dict[str, Any]]:
+        """Samples (``{"__key__", "__url__", ext: bytes, ...}``) of one shard's tar stream.
+
+        Members are grouped by key (consecutive members with the same name up to the first
+        dot). A shard that breaks, or ends without the end-of-archive marker, is counted once
+        in ``report.shard_errors[url]``; see the module docstring for its trailing sample.
+        """
+        caps = {"image": self.config.max_image_bytes, "caption": self.config.max_caption_bytes}
+        current: dict[str, Any] | None = None
+        problem: tuple[str, str] | None = None
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*", tarinfo=_EndRecordingTarInfo) as tar:
+                for info in tar:
+                    tar.members = []  # stream mode: keep no list of every member read
+                    fname = info.name
+                    if not info.isreg() or _is_meta(fname) or not allowed_member(fname):
+                        continue
+                    match = _KEY_RE.match(fname)
+                    if match is None:
+                        continue
+                    prefix, suffix = match.group(1), match.group(2).lower()
+                    cap = caps["caption" if suffix in CAPTION_EXTENSIONS else "image"]
+                    if info.size > cap:
+                        value: bytes | _TooLarge = _TooLarge(fname, info.size, cap)  # never read
+                    else:
+                        member = tar.extractfile(info)
+                        value = member.read() if member is not None else b""
+                    if current is None or prefix != current["__key__"]:
+                        if current is not None:
+                            yield current
+                        current = {"__key__": prefix, "__url__": url}
+                    if suffix in current:
+                        self.report.shard_error(
+                            url, "shard_member_error", f"duplicate member {fname}"
+                        )
+                        continue
+                    current[suffix] = value
+                problem = _end_problem(tar)
+        except Exception as e:  # the tar stream broke: count it, go on to the next shard
+            problem = (_stream_reason(e), _first_line(e))
+        if problem is not None:
+            self.report.shard_error(url, *problem)
+        if current is not None and (problem is None or _has_image_and_caption(current)):
+            yield current
+
     def _candidates(self, shard_dicts: Any) -> Iterator[Candidate]:
         for sample in self._samples(shard_dicts):
             shard = os.path.basename(str(sample.get("__url__", "")))
             if shard.endswith(".tar"):
                 shard = shard[: -len(".tar")]
             image = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
+            caption = sample.get("txt", sample.get("json"))
+            too_large = next((v for v in (image, caption) if isinstance(v, _TooLarge)), None)
             yield Candidate(
                 key=f"{shard}/{sample['__key__']}",
-                image=image,
+                image=None if too_large is not None else image,
                 captions=partial(_sample_captions, sample),
+                error=too_large.error() if too_large is not None else None,
             )
 
 
-class _MemberHandler:
-    """webdataset exception handler: count, never sleep; stop the shard on stream errors."""
+class _TooLarge:
+    """Stands for a tar member over the size cap (its bytes are never read)."""
 
-    def __init__(self, source: WebDatasetSource, url: str) -> None:
-        self.source = source
-        self.url = url
+    def __init__(self, name: str, size: int, cap: int) -> None:
+        self.name, self.size, self.cap = name, size, cap
 
-    def __call__(self, exn: Exception) -> bool:
-        reason = _stream_reason(exn)
-        self.source.report.shard_error(self.url, reason, _first_line(exn))
-        # A broken tar stream cannot be resynchronised; a bad member (duplicate name) can.
-        return reason == "shard_member_error"
+    def error(self) -> BadSampleError:
+        return BadSampleError(
+            "file_too_large", f"tar member {self.name}: {self.size} bytes exceeds {self.cap}"
+        )
+
+
+class _EndRecordingTarInfo(tarfile.TarInfo):
+    """A TarInfo whose header reader records, on the TarFile, the header error that ended the
+    member list. ``tarfile`` ends iteration quietly on an end-of-archive block (fine), but
+    also on a missing or partial header (a truncated file) and, after the first member, on a
+    garbage header; the record tells them apart."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        offset = tarfile_.offset
+        try:
+            return super().fromtarfile(tarfile_)
+        except tarfile.HeaderError as e:
+            tarfile_._tessera_end = (e, offset)  # type: ignore[attr-defined]
+            raise
+
+
+def _end_problem(tar: tarfile.TarFile) -> tuple[str, str] | None:
+    """``(reason, detail)`` if the member list of ``tar`` ended other than at an
+    end-of-archive block; None if the archive ended properly."""
+    error, offset = getattr(tar, "_tessera_end", (None, tar.offset))
+    if error is None or isinstance(error, tarfile.EOFHeaderError):
+        return None
+    if isinstance(error, tarfile.EmptyHeaderError):
+        return "truncated_shard", f"archive ends at byte {offset} without an end-of-archive marker"
+    if isinstance(error, tarfile.TruncatedHeaderError):
+        return "truncated_shard", f"archive cut inside the member header at byte {offset}"
+    return "corrupt_shard", f"invalid member header at byte {offset} ({error})"
+
+
+def _is_meta(fname: str) -> bool:
+    base_meta = "/" not in fname and fname.startswith("__") and fname.endswith("__")
+    return base_meta or _META_RE.match(fname) is not None
+
+
+def _has_image_and_caption(sample: dict[str, Any]) -> bool:
+    return any(e in sample for e in IMAGE_EXTENSIONS) and any(
+        e in sample for e in CAPTION_EXTENSIONS
+    )
 
 
 def _stream_reason(e: BaseException) -> str:
-    if isinstance(e, tarfile.ReadError | EOFError) and "unexpected end" in str(e).lower():
+    text = str(e).lower()
+    cut = ("unexpected end", "truncated header", "empty file", "ended before")
+    if isinstance(e, tarfile.ReadError | EOFError) and any(c in text for c in cut):
         return "truncated_shard"
     if isinstance(e, tarfile.TarError | EOFError):
         return "corrupt_shard"
@@ -308,15 +406,19 @@ def _first_line(e: BaseException) -> str:
 
 
 def _sample_captions(sample: dict[str, Any]) -> tuple[str, ...]:
-    """The ``.txt`` member as one caption (img2dataset writes one), else ``json["caption"]``."""
+    """The ``.txt`` member, one caption per line (like a folder's caption file); without
+    one, the ``.json`` member's ``"captions"`` list or ``"caption"`` string."""
     if "txt" in sample:
-        return parse_captions(sample["txt"], one_per_line=False)
+        return parse_captions(sample["txt"], one_per_line=True)
     if "json" in sample:
         try:
             meta = json.loads(sample["json"])
         except (UnicodeDecodeError, json.JSONDecodeError):
             meta = None
-        caption = meta.get("caption") if isinstance(meta, dict) else None
-        if isinstance(caption, str) and caption.strip():
-            return (caption.strip(),)
+        if isinstance(meta, dict):
+            found = meta.get("captions")
+            listed = found if isinstance(found, list) else [meta.get("caption")]
+            captions = tuple(c.strip() for c in listed if isinstance(c, str) and c.strip())
+            if captions:
+                return captions
     raise BadSampleError("caption_missing", "sample has no .txt caption")
