@@ -80,7 +80,8 @@ def test_bad_folder_through_a_dataloader_with_workers(tmp_path):
     assert report["yielded"] == len(expected["good"])
     seen = len(expected["good"]) + sum(expected["skipped"].values()) + 2  # 2 filtered
     assert report["seen"] == seen
-    assert report["example_keys"]["skipped"]["decompression_bomb"] == [
+    # workers finish in any order: the keys are all there, their order is not defined
+    assert sorted(report["example_keys"]["skipped"]["decompression_bomb"]) == [
         "bomb.png", "bomb_warn.png"
     ]  # fmt: skip
     # a second epoch adds up, exactly as without workers
