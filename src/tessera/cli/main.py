@@ -15,7 +15,7 @@ from tessera.errors import TesseraError
 GROUPS: list[tuple[str, str, list[str]]] = [
     ("data", "export, inspect and check image-caption data", ["data_shapes", "data_inspect"]),
     ("tokenizer", "train and use the BPE text tokenizer", ["tokenizer"]),
-    ("vae", "stage 1: train and use the discrete VAE (image tokenizer)", ["vae"]),
+    ("vae", "stage 1: train and use the discrete VAE (image tokenizer)", ["vae", "vae_convert"]),
 ]
 # Top-level commands: modules whose ``register(subparsers)`` add one command each.
 COMMANDS: list[str] = ["demo"]

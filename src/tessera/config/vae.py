@@ -66,7 +66,7 @@ class VAEConfig(Config):
             raise ConfigError(f"vae.vocab_size must be >= 2, got {self.vocab_size}")
         if not 0.0 < self.logit_laplace_eps < 0.5:
             raise ConfigError("vae.logit_laplace_eps must be in (0, 0.5)")
-        if not self.temp_start > 0 and self.temp_end > 0:
+        if not (self.temp_start > 0 and self.temp_end > 0):
             raise ConfigError("vae: temperatures must be > 0")
         if self.kl_weight < 0 or self.temp_steps < 0 or self.kl_steps < 0:
             raise ConfigError("vae: kl_weight, temp_steps and kl_steps must be >= 0")

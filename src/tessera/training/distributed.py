@@ -24,7 +24,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:
@@ -90,17 +90,23 @@ def init_distributed(*, timeout_s: float = 600.0) -> DistContext:
 
 def wrap_ddp(
     model: nn.Module, ctx: DistContext, *, powersgd_rank: int = 0, powersgd_start_iter: int = 2
-) -> tuple[nn.Module, Any]:
+) -> tuple[nn.Module, PowerSGDHook | None]:
     """Wrap ``model`` in DDP when distributed; optionally register torch's PowerSGD hook.
 
     PowerSGD runs with error feedback and warm start on (as in the paper); the first
-    ``powersgd_start_iter`` iterations use plain all-reduce. Returns (module, powersgd_state).
+    ``powersgd_start_iter`` iterations use plain all-reduce. Returns (module, powersgd hook).
+    On gloo, PowerSGD gets a single gradient bucket: torch's hook waits on nested
+    collectives inside future callbacks, which with two or more buckets deadlocks gloo's
+    worker threads (forever: the collective timeout never starts).
     """
     if not ctx.distributed:
         return model, None
     ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
-    ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    state = None
+    kw: dict[str, Any] = {}
+    if powersgd_rank > 0 and dist.get_backend() == "gloo":
+        kw["bucket_cap_mb"] = 1 << 20  # one bucket (see above)
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids, **kw)
+    hook = None
     if powersgd_rank > 0:
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
 
@@ -112,49 +118,181 @@ def wrap_ddp(
             warm_start=True,
             random_seed=0,
         )
-        ddp.register_comm_hook(state, psgd.powerSGD_hook)
-    return ddp, state
+        hook = PowerSGDHook(state, model)
+
+        # DDP wants a plain function, unannotated or annotated with the real classes
+        def powersgd_comm_hook(state, bucket):  # noqa: ANN001
+            return hook(state, bucket)
+
+        ddp.register_comm_hook(state, powersgd_comm_hook)
+    return ddp, hook
 
 
-def powersgd_tensors(state: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split a PowerSGDState into tensors (for safetensors) and JSON (iteration, RNG).
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    """Where one parameter's compressor memories sit in its bucket's flat memories."""
 
-    Saved without pickle so that resuming restores the compressor exactly (error feedback,
-    warm-start P/Q memories, the numpy RNG that draws new Q matrices).
+    name: str
+    err: tuple[int, int]  # (offset, length) in the error-feedback tensor (the bucket buffer)
+    p: tuple[int, int] | None  # in the warm-start P memory; None: sent uncompressed
+    q: tuple[int, int] | None
+
+
+class PowerSGDHook:
+    """torch's ``powerSGD_hook`` with its memories kept per parameter across re-bucketing.
+
+    torch keys error feedback and the warm-start P/Q memories by bucket index, laid out in
+    the bucket's parameter order. DDP re-buckets after the first synchronised iteration of
+    every process (one bucket in parameter order, then buckets in gradient-ready order), so
+    memories restored from a checkpoint would be added to the wrong parameters after a
+    resume (or fail on a size mismatch). This wrapper remembers each bucket's layout; when a
+    bucket's parameters change it re-slices the memories parameter by parameter (exact: the
+    hook's maths is per parameter), and checkpoints store them by parameter name.
     """
-    tensors: dict[str, torch.Tensor] = {}
-    for name in ("error_dict", "p_memory_dict", "q_memory_dict"):
-        for k, v in getattr(state, name).items():
-            tensors[f"{name}.{k}"] = v.detach().cpu().contiguous()
-    alg, keys, pos, has_gauss, cached = state.rng.get_state()
+
+    def __init__(self, state: Any, model: nn.Module) -> None:
+        self.state = state
+        self._names = {id(p): n for n, p in model.named_parameters()}
+        self._layouts: dict[int, tuple[tuple[int, ...], list[_Slot]]] = {}
+        self._loose: dict[str, torch.Tensor] = {}  # "err|p|q.<param>" not yet in a bucket
+        self._seen: set[int] = set()  # buckets already hooked in this iteration
+
+    def __call__(self, state: Any, bucket: Any) -> torch.futures.Future[torch.Tensor]:
+        from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+
+        index = bucket.index()
+        if state.iter >= state.start_powerSGD_iter:  # the memories are in use
+            key = tuple(id(p) for p in bucket.parameters())
+            known = self._layouts.get(index)
+            if known is None or known[0] != key:
+                if known is not None:
+                    # DDP re-bucketed: back to per-parameter memories, except for buckets
+                    # already hooked in this iteration (new layout, maybe still in flight)
+                    self._scatter_all(keep=self._seen)
+                slots = self._slots(bucket)
+                self._gather(index, slots, bucket.buffer())
+                self._layouts[index] = (key, slots)
+        self._seen.add(index)
+        if bucket.is_last():
+            self._seen.clear()
+        return psgd.powerSGD_hook(state, bucket)
+
+    def _slots(self, bucket: Any) -> list[_Slot]:
+        """The layout torch's hook uses: error = the bucket buffer; P/Q = compressed
+        matrices grouped by shape (first appearance), bucket order within a group."""
+        from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _should_compress
+
+        st, base = self.state, bucket.buffer().storage_offset()
+        groups: dict[tuple[int, int], list[int]] = {}
+        info = []
+        for i, (p, g) in enumerate(zip(bucket.parameters(), bucket.gradients(), strict=True)):
+            n = g.shape[0]
+            m = g.numel() // n
+            r = min(n, m, st.matrix_approximation_rank)
+            if _should_compress(n, m, r, st.min_compression_rate)[0]:
+                groups.setdefault((n, m), []).append(i)
+            info.append((self._names[id(p)], (g.storage_offset() - base, g.numel()), r))
+        pq: dict[int, tuple[tuple[int, int], tuple[int, int]]] = {}
+        p_off = q_off = 0
+        for (n, m), members in groups.items():
+            for i in members:
+                r = info[i][2]
+                pq[i] = ((p_off, n * r), (q_off, m * r))
+                p_off += n * r
+                q_off += m * r
+        return [_Slot(name, err, *pq.get(i, (None, None))) for i, (name, err, _) in enumerate(info)]
+
+    def _scatter_all(self, keep: set[int] | None = None) -> None:
+        """Move the memories of every bucket but ``keep`` into per-parameter tensors."""
+        st = self.state
+        for index, (_, slots) in list(self._layouts.items()):
+            if keep and index in keep:
+                continue
+            del self._layouts[index]
+            err = st.error_dict.pop(index, None)
+            pm, qm = st.p_memory_dict.pop(index, None), st.q_memory_dict.pop(index, None)
+            for s in slots:
+                if err is not None:
+                    self._loose[f"err.{s.name}"] = err.narrow(0, *s.err).clone()
+                if pm is not None and s.p is not None:
+                    self._loose[f"p.{s.name}"] = pm.narrow(0, *s.p).clone()
+                    self._loose[f"q.{s.name}"] = qm.narrow(0, *s.q).clone()
+
+    def _gather(self, index: int, slots: list[_Slot], buf: torch.Tensor) -> None:
+        """Assemble bucket ``index``'s memories from ``self._loose`` (what is missing is
+        left to torch: a zero error, fresh random Q matrices)."""
+        st, loose = self.state, self._loose
+        if any(f"err.{s.name}" in loose for s in slots):
+            err = torch.zeros(buf.numel(), dtype=buf.dtype, device=buf.device)
+            for s in slots:
+                if f"err.{s.name}" in loose:
+                    err.narrow(0, *s.err).copy_(loose.pop(f"err.{s.name}"))
+            st.error_dict[index] = err
+        comp = [s for s in slots if s.p is not None]
+        if comp and all(f"p.{s.name}" in loose for s in comp):
+            pm = torch.empty(sum(s.p[1] for s in comp), dtype=buf.dtype, device=buf.device)
+            qm = torch.empty(sum(s.q[1] for s in comp), dtype=buf.dtype, device=buf.device)
+            for s in comp:
+                pm.narrow(0, *s.p).copy_(loose.pop(f"p.{s.name}"))
+                qm.narrow(0, *s.q).copy_(loose.pop(f"q.{s.name}"))
+            st.p_memory_dict[index], st.q_memory_dict[index] = pm, qm
+
+    def reset(self) -> None:
+        """Forget the error feedback and P/Q memories (after a skipped step: a non-finite
+        gradient went through the hook and poisoned them on every rank, so every later
+        step would be non-finite too). Q matrices are redrawn from the shared RNG."""
+        for d in (self.state.error_dict, self.state.p_memory_dict, self.state.q_memory_dict):
+            d.clear()
+        self._layouts.clear()
+        self._loose.clear()
+        self._seen.clear()
+
+    def per_parameter(self) -> dict[str, torch.Tensor]:
+        """All memories by parameter: ``err.<name>``, ``p.<name>``, ``q.<name>``."""
+        self._scatter_all()  # the next call re-assembles the buckets (same layout: exact)
+        return dict(self._loose)
+
+
+def powersgd_tensors(hook: PowerSGDHook) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a PowerSGD hook's state into tensors (for safetensors) and JSON (iteration, RNG).
+
+    Saved without pickle, per parameter name (not per DDP bucket, whose layout changes), so
+    that resuming restores the compressor exactly: this rank's error feedback, the warm-start
+    P/Q memories, the numpy RNG that draws new Q matrices.
+    """
+    tensors = {k: v.detach().cpu().contiguous() for k, v in hook.per_parameter().items()}
+    alg, keys, pos, has_gauss, cached = hook.state.rng.get_state()
     meta = {
-        "iter": int(state.iter),
+        "iter": int(hook.state.iter),
         "rng": [alg, keys.tolist(), int(pos), int(has_gauss), float(cached)],
     }
     return tensors, meta
 
 
 def load_powersgd_tensors(
-    state: Any, tensors: dict[str, torch.Tensor], meta: dict[str, Any], device: torch.device
+    hook: PowerSGDHook,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    device: torch.device,
 ) -> None:
-    """Inverse of :func:`powersgd_tensors`."""
-    for name in ("error_dict", "p_memory_dict", "q_memory_dict"):
-        d = getattr(state, name)
+    """Inverse of :func:`powersgd_tensors` (the buckets are filled at their next use)."""
+    st = hook.state
+    for d in (st.error_dict, st.p_memory_dict, st.q_memory_dict):
         d.clear()
-        prefix = f"{name}."
-        for k, v in tensors.items():
-            if k.startswith(prefix):
-                d[int(k[len(prefix) :])] = v.to(device)
-    state.iter = int(meta["iter"])
+    hook._layouts.clear()
+    hook._loose = {k: v.to(device) for k, v in tensors.items()}
+    st.iter = int(meta["iter"])
     alg, keys, pos, has_gauss, cached = meta["rng"]
-    state.rng.set_state((alg, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    st.rng.set_state((alg, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def compression_ratio(model: nn.Module, rank: int) -> float:
-    """Fraction of gradient traffic PowerSGD saves, counted per 2-D+ parameter matrix.
+def compression_ratio(model: nn.Module, rank: int, min_compression_rate: float = 2.0) -> float:
+    """Fraction of gradient traffic PowerSGD saves (after its warm-up), by torch's rule.
 
-    A (n, m) matrix sends n*m numbers uncompressed and (n + m) * rank with PowerSGD; 1-D
-    tensors (biases, gains) go uncompressed. Returns 1 - compressed / uncompressed.
+    Each parameter is viewed as an (n, m) matrix (``shape[0]`` rows, as the hook does) and
+    sent as (n + m) * r numbers, r = min(n, m, rank), when that is at least
+    ``min_compression_rate`` (torch's default 2) times smaller than n * m; otherwise (and
+    always for biases and gains) uncompressed. Returns 1 - sent / uncompressed.
     """
     full = comp = 0
     for p in model.parameters():
@@ -162,9 +300,8 @@ def compression_ratio(model: nn.Module, rank: int) -> float:
             continue
         numel = p.numel()
         full += numel
-        if p.ndim >= 2:
-            n, m = p.shape[0], numel // p.shape[0]
-            comp += min(numel, (n + m) * rank)
-        else:
-            comp += numel
+        n = p.shape[0] if p.ndim else 1
+        m = numel // max(n, 1)
+        small = (n + m) * min(n, m, rank)
+        comp += small if small * min_compression_rate < numel else numel
     return 1.0 - comp / max(full, 1)

@@ -39,7 +39,7 @@ from tessera.training.distributed import (
 )
 from tessera.training.ema import EMA
 from tessera.training.optim import build_adamw
-from tessera.training.precision import autocast, make_grad_scaling
+from tessera.training.precision import NoScaling, autocast, make_grad_scaling
 
 log = logging.getLogger("tessera.training")
 
@@ -159,7 +159,7 @@ class Trainer:
         """Fail before training if the run directory is unwritable or the disk too full."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.run_dir / ".write-probe"
+            probe = self.run_dir / f".write-probe-{self.ctx.rank}"  # ranks share run_dir
             probe.write_bytes(b"0" * 4096)
             probe.unlink()
         except OSError as e:
@@ -387,17 +387,24 @@ class Trainer:
                 autocast(self.ctx.device.type, cfg.precision),
             ):
                 loss, m = self.objective(self.module, batch, self.step)
-            finite_loss &= bool(torch.isfinite(loss.detach()).item())
+            value = float(loss.detach())  # one host sync per micro-batch
+            finite_loss &= math.isfinite(value)
             self.scaling.scale_loss(loss / cfg.grad_accum).backward()
-            total += float(loss.detach()) / cfg.grad_accum
+            total += value / cfg.grad_accum
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
-        finite = self.scaling.unscale_(self.optimizer) and finite_loss
+        if isinstance(self.scaling, NoScaling):  # nothing to unscale; the norm below is
+            finite = finite_loss  # the finiteness check (NaN / inf if any gradient is)
+        else:
+            finite = self.scaling.unscale_(self.optimizer) and finite_loss
         norm = float("nan")
         if finite:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            if cfg.grad_clip > 0:
+                norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+            else:
+                grads = [p.grad for p in params if p.grad is not None]
+                norm = float(torch.nn.utils.get_total_norm(grads))
             finite = math.isfinite(norm)
         # Every rank skips together, and stops together (a signal may reach one rank only, or
         # the ranks at different steps): one all-reduce for both, nobody hangs.
@@ -411,6 +418,8 @@ class Trainer:
         else:
             self.skipped += 1
             self.consecutive_skips += 1
+            if self.powersgd is not None:  # its memories saw the non-finite gradients
+                self.powersgd.reset()
             log.warning(
                 "step %d: non-finite loss or gradients, update skipped (%d in a row, %d total)",
                 self.step + 1,

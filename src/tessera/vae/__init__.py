@@ -1,5 +1,6 @@
 """Stage 1: the discrete VAE that turns images into grids of tokens and back."""
 
+from tessera.vae.convert import config_from_openai, convert_openai_state_dicts, load_openai
 from tessera.vae.losses import codebook_stats, kl_to_uniform, logit_laplace_nll, psnr
 from tessera.vae.model import Decoder, DiscreteVAE, Encoder
 from tessera.vae.pixels import map_pixels, unmap_pixels
@@ -9,7 +10,10 @@ __all__ = [
     "DiscreteVAE",
     "Encoder",
     "codebook_stats",
+    "config_from_openai",
+    "convert_openai_state_dicts",
     "kl_to_uniform",
+    "load_openai",
     "logit_laplace_nll",
     "map_pixels",
     "psnr",

@@ -185,8 +185,16 @@ class DiscreteVAE(nn.Module):
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, h, w) int64 tokens -> (B, 3, H, W) images in [0, 1]: the logit-Laplace mean
         location ``sigmoid(mu)`` unmapped (always computed in float32)."""
-        z = F.one_hot(tokens, self.config.vocab_size).permute(0, 3, 1, 2).float()  # NHWC
-        mu = self.decoder(z)[:, : self.config.input_channels].float()
+        # The input 1x1 conv of a one-hot code is a column lookup: same numbers, without the
+        # (B, K, h, w) one-hot tensor (1 GiB at batch 32 for K = 8192 at 32x32).
+        conv = self.decoder.blocks.input
+        table = conv.weight[:, :, 0, 0].t()  # (K, n_init)
+        h = F.embedding(tokens, table) + conv.bias  # (B, h, w, n_init)
+        h = h.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
+        for name, module in self.decoder.blocks.named_children():
+            if name != "input":
+                h = module(h)
+        mu = h[:, : self.config.input_channels].float()
         return unmap_pixels(torch.sigmoid(mu), self.config.logit_laplace_eps)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:
