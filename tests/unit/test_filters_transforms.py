@@ -154,3 +154,24 @@ def test_inspect_statistics():
     assert "caption words: min 2" in "\n".join(stats.lines())
     assert describe_values([]) == {"min": 0, "median": 0, "mean": 0.0, "max": 0}
     assert make_grid([], cols=3).size == (3 * 66 + 2, 68)
+
+
+def test_collate_passes_worker_counts_on_combined():
+    from tessera.data.report import REPORT_KEY, ReportDelta
+
+    report = DataReport(DataConfig())
+    items = []
+    for i, reason in enumerate(["corrupt_image", None, "zero_byte"]):
+        worker = DataReport(report.config)
+        worker.see(2)
+        worker.record_yield()
+        if reason:
+            worker.skip(reason, f"k{i}")
+        item = {"image": torch.zeros(3, 8, 8), "captions": ("c",), "key": f"k{i}"}
+        item[REPORT_KEY] = ReportDelta(report.uid, worker.take_state(), final=i == 2)
+        items.append(item)
+    batch = collate(items)
+    delta = batch[REPORT_KEY]
+    assert delta.final and delta.state["seen"] == 6 and delta.state["yielded"] == 3
+    assert delta.state["skipped"] == {"corrupt_image": 1, "zero_byte": 1}
+    assert REPORT_KEY not in collate([{k: v for k, v in items[0].items() if k != REPORT_KEY}])
