@@ -113,6 +113,7 @@ class Trainer:
         self.resume = resume
         self.sample_hook = sample_hook
         self.progress = progress and self.ctx.is_main
+        self._autocast = autocast(self.ctx.device.type, config.precision)  # reusable
         if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=False)
         if config.activation_checkpointing:
@@ -305,7 +306,19 @@ class Trainer:
         self._open_tensorboard()
         examples = 0
         last_loss = float("nan")
-        t0 = time.perf_counter()
+        t0 = flushed = time.perf_counter()
+        pending: list[dict[str, Any]] = []  # log records, written about once a second
+
+        def write_log() -> None:
+            if metrics_file is not None and pending:
+                metrics_file.write("".join(json.dumps(r, allow_nan=True) + "\n" for r in pending))
+                metrics_file.flush()
+            pending.clear()
+
+        def save() -> None:
+            write_log()  # the log is complete up to every checkpoint
+            self._save()
+
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -327,8 +340,10 @@ class Trainer:
                     if metrics_file is not None and (
                         self.step % cfg.log_every == 0 or self.step == cfg.steps
                     ):
-                        metrics_file.write(json.dumps(record, allow_nan=True) + "\n")
-                        metrics_file.flush()
+                        pending.append(record)
+                        if t_step + dt - flushed > 1.0:  # live, but not a write per step
+                            write_log()
+                            flushed = t_step + dt
                         self._tensorboard(record)
                     if bar is not None:
                         bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{record['examples_per_s']:.1f}")
@@ -336,14 +351,15 @@ class Trainer:
                     if cfg.sample_every and self.step % cfg.sample_every == 0:
                         self._sample()
                     if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                        self._save()
+                        save()
                 if self._stopping() and self.step % cfg.checkpoint_every:
                     log.warning("signal %s: checkpointing at step %d", self._stop_signal, self.step)
-                    self._save()
+                    save()
         finally:
             if bar is not None:
                 bar.close()
             if metrics_file is not None:
+                write_log()
                 metrics_file.close()
             if self._tb is not None:
                 self._tb.close()
@@ -384,12 +400,14 @@ class Trainer:
             sync = micro == cfg.grad_accum - 1 or not self.ctx.distributed
             with (
                 contextlib.nullcontext() if sync else self.module.no_sync(),
-                autocast(self.ctx.device.type, cfg.precision),
+                self._autocast,
             ):
                 loss, m = self.objective(self.module, batch, self.step)
             value = float(loss.detach())  # one host sync per micro-batch
             finite_loss &= math.isfinite(value)
-            self.scaling.scale_loss(loss / cfg.grad_accum).backward()
+            self.scaling.scale_loss(
+                loss / cfg.grad_accum if cfg.grad_accum > 1 else loss
+            ).backward()
             total += value / cfg.grad_accum
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
