@@ -368,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.distributed.destroy_process_group()
     print(f"rank {ctx.rank}: phase {args.phase} done", flush=True)
-    return 0
+    # Skip the interpreter's teardown: with several DDP + PowerSGD models in one process, a
+    # gloo thread can still be releasing a PowerSGD future callback (it needs the GIL) when
+    # Python finalizes, and the process aborts ("terminate called without an active
+    # exception", SIGABRT in pt_gloo_runloop) after all the work is done and written.
+    os._exit(0)
 
 
 if __name__ == "__main__":
