@@ -124,7 +124,7 @@ def save(
             tokenizer.save(tmp, write_config=False)
             tokenizer.config.to_json(tmp / TOKENIZER_CONFIG_FILE)
         for f in tmp.iterdir():
-            _fsync(f)
+            fsync_path(f)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
             os.replace(path, old)
@@ -132,14 +132,15 @@ def save(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 
 
-def _fsync(p: Path) -> None:
+def fsync_path(p: Path) -> None:
+    """fsync a file or directory (so a rename that follows is durable)."""
     fd = os.open(p, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tessera.checkpoint import fsync_path as _fsync
 from tessera.errors import CheckpointError
 
 log = logging.getLogger("tessera.training")
@@ -145,14 +146,6 @@ def save_state(
     for old in list_complete(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _fsync(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def list_complete(run_dir: Path) -> list[Path]:
