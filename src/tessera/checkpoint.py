@@ -62,10 +62,18 @@ def _vae_spec() -> KindSpec:
     return KindSpec(config_cls=VAEConfig, build=DiscreteVAE)
 
 
+def _dalle_spec() -> KindSpec:
+    from tessera.config.dalle import DalleConfig
+    from tessera.models.dalle import DALLE
+
+    return KindSpec(config_cls=DalleConfig, build=DALLE)
+
+
 # Built-in kinds, built on first use so that loading one kind never imports the others.
 _BUILTIN: dict[str, Callable[[], KindSpec]] = {
     "tokenizer": _tokenizer_spec,
     "vae": _vae_spec,
+    "dalle": _dalle_spec,
 }
 
 

@@ -348,7 +348,7 @@ class _ListHandler(logging.Handler):
         self.sink.append(record.getMessage())
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     from tessera.training.distributed import init_distributed
 
     p = argparse.ArgumentParser()
@@ -376,4 +376,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

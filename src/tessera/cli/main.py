@@ -16,9 +16,10 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ("data", "export, inspect and check image-caption data", ["data_shapes", "data_inspect"]),
     ("tokenizer", "train and use the BPE text tokenizer", ["tokenizer"]),
     ("vae", "stage 1: train and use the discrete VAE (image tokenizer)", ["vae", "vae_convert"]),
+    ("dalle", "stage 2: train and inspect the text-image transformer", ["dalle"]),
 ]
 # Top-level commands: modules whose ``register(subparsers)`` add one command each.
-COMMANDS: list[str] = ["demo"]
+COMMANDS: list[str] = ["generate", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,6 +30,8 @@ def add_train_command(subparsers: argparse._SubParsersAction, stage_name: str) -
     )
     p.add_argument("--preset", default="tiny", help="named preset (default: tiny)")
     p.add_argument("--data", default="shapes", help="data source spec (default: shapes)")
+    p.add_argument("--vae", help="dVAE checkpoint that tokenizes the images (stage 2)")
+    p.add_argument("--tokenizer", help="text tokenizer checkpoint (stage 2)")
     p.add_argument("--run-dir", required=True, help="run directory (checkpoints, logs)")
     p.add_argument("--steps", type=int, help="total optimizer updates")
     p.add_argument("--checkpoint-every", type=int, help="updates between checkpoints")
@@ -92,24 +94,28 @@ def run_train(args: argparse.Namespace, stage_name: str) -> int:
     model_cfg = model_cfg.with_overrides(m_over)
     train_cfg = train_cfg.with_overrides(t_over)
 
+    data = DataSpec(args.data, train_cfg.seed, vae=args.vae, tokenizer=args.tokenizer)
+    missing = [f"--{n}" for n in stage.needs if getattr(data, n) is None]
+    if missing:
+        raise ConfigError(f"{stage_name} training needs {' and '.join(missing)} DIR")
     ctx = init_distributed()
     torch.manual_seed(train_cfg.seed)
     model = stage.build_model(model_cfg)
     trainer = Trainer(
         model=model,
         objective=stage.objective(model_cfg),
-        batches=stage.make_batches(model_cfg, train_cfg, DataSpec(args.data, train_cfg.seed), ctx),
+        batches=stage.make_batches(model_cfg, train_cfg, data, ctx),
         config=train_cfg,
         run_dir=args.run_dir,
         ctx=ctx,
         model_config=model_cfg,
         resume=args.resume,
-        sample_hook=stage.sample_hook(model_cfg) if stage.sample_hook else None,
+        sample_hook=stage.sample_hook(model_cfg, data) if stage.sample_hook else None,
         progress=not args.no_progress,
     )
     result = trainer.fit()
     if ctx.is_main and stage.export is not None and not result.interrupted:
-        final = _export(trainer, stage, model_cfg, args.run_dir)
+        final = _export(trainer, stage, model_cfg, args.run_dir, data)
         print(f"release checkpoint (EMA weights): {final}")
     if ctx.is_main:
         print(
@@ -120,11 +126,11 @@ def run_train(args: argparse.Namespace, stage_name: str) -> int:
     return 130 if result.interrupted else 0
 
 
-def _export(trainer: Any, stage: Any, model_cfg: Any, run_dir: str) -> Any:
+def _export(trainer: Any, stage: Any, model_cfg: Any, run_dir: str, data: Any) -> Any:
     from pathlib import Path
 
     out = Path(run_dir) / "final"
     if trainer.ema is not None:
         with trainer.ema.applied(trainer.model):
-            return stage.export(trainer.model, model_cfg, out)
-    return stage.export(trainer.model, model_cfg, out)
+            return stage.export(trainer.model, model_cfg, out, data)
+    return stage.export(trainer.model, model_cfg, out, data)

@@ -25,10 +25,13 @@ Objective = Callable[[nn.Module, Any, int], tuple[Any, dict[str, float]]]
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    """Which data a run reads: a source spec for ``tessera.data.open_source`` and a seed."""
+    """Which data a run reads: a source spec for ``tessera.data.open_source``, a seed, and the
+    frozen checkpoints that turn it into tokens (stage 2: the dVAE and the text tokenizer)."""
 
     source: str = "shapes"
     seed: int = 0
+    vae: str | None = None
+    tokenizer: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +43,9 @@ class Stage:
     build_model: model config -> ``nn.Module``.
     objective: model config -> objective function (schedules may depend on the config).
     make_batches: (model config, train config, data, ctx) -> resumable batch stream.
-    sample_hook: model config -> hook(model, step, out_dir) writing sample grids, or None.
-    export: (model with EMA weights, model config, out_dir) -> release checkpoint directory.
+    sample_hook: (model config, data) -> hook(model, step, out_dir) writing samples, or None.
+    export: (model with EMA weights, model config, out_dir, data) -> release checkpoint dir.
+    needs: DataSpec fields the stage requires (e.g. ``("vae", "tokenizer")``).
     """
 
     name: str
@@ -50,5 +54,6 @@ class Stage:
     build_model: Callable[[Any], nn.Module]
     objective: Callable[[Any], Objective]
     make_batches: Callable[[Any, TrainConfig, DataSpec, DistContext], BatchStream]
-    sample_hook: Callable[[Any], Callable[[nn.Module, int, Path], None]] | None = None
-    export: Callable[[nn.Module, Any, Path], Path] | None = None
+    sample_hook: Callable[[Any, DataSpec], Callable[[nn.Module, int, Path], None]] | None = None
+    export: Callable[[nn.Module, Any, Path, DataSpec], Path] | None = None
+    needs: tuple[str, ...] = ()

@@ -1,0 +1,110 @@
+"""Config of DALL·E's stage-2 transformer (paper §2.2, App. B.1)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar, Literal
+
+from tessera.config.base import Config, register_preset
+from tessera.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DalleConfig(Config):
+    """The decoder-only transformer over ``[text_len text; grid_h*grid_w image]`` tokens.
+
+    text_vocab: BPE vocabulary (paper 16384). The text embedding/output table has
+      ``text_vocab + text_len`` rows: the last ``text_len`` are the per-position padding
+      tokens (paper §2.2: "a special padding token unique to each of the 256 text positions").
+    text_len: text positions (paper 256), the first holding ``<bos>``: a caption keeps at most
+      ``text_len - 1`` BPE tokens.
+    image_vocab / grid_size: dVAE codebook (paper 8192) and token grid side (paper 32).
+    d_model / n_layers / n_heads: width, depth and heads (paper 3968 / 64 / 62, 64 per head).
+    mlp_ratio: MLP hidden width over ``d_model`` (4).
+    attention: ``sparse`` (the paper's schedule: row/column, conv last) or one kind for every
+      layer (``full``, ``row``, ``column``, ``conv``; for ablations and benchmarks).
+    conv_kernel: window of the convolutional mask (paper 11).
+    loss_text_weight / loss_image_weight: cross-entropy weights (paper 1/8, 7/8).
+    caption_dropout: probability of training on the empty caption (classifier-free guidance;
+      0 in the paper).
+    dropout: residual/attention dropout (0 in the presets).
+    """
+
+    kind: ClassVar[str] = "dalle"
+
+    text_vocab: int = 16384
+    text_len: int = 256
+    image_vocab: int = 8192
+    grid_size: int = 32
+    d_model: int = 3968
+    n_layers: int = 64
+    n_heads: int = 62
+    mlp_ratio: int = 4
+    attention: Literal["sparse", "full", "row", "column", "conv"] = "sparse"
+    conv_kernel: int = 11
+    loss_text_weight: float = 0.125
+    loss_image_weight: float = 0.875
+    caption_dropout: float = 0.0
+    dropout: float = 0.0
+    bos_id: int = 1
+
+    @property
+    def image_len(self) -> int:
+        return self.grid_size * self.grid_size
+
+    @property
+    def seq_len(self) -> int:
+        """Positions of the training stream (the last image token is never an input)."""
+        return self.text_len + self.image_len
+
+    @property
+    def text_table(self) -> int:
+        """Rows of the text embedding/output table: BPE ids + one padding token per position."""
+        return self.text_vocab + self.text_len
+
+    def validate(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"dalle.d_model {self.d_model} is not divisible by n_heads {self.n_heads}"
+            )
+        for name in ("text_vocab", "text_len", "image_vocab", "grid_size", "n_layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"dalle.{name} must be >= 1, got {getattr(self, name)}")
+        if self.text_len < 2:
+            raise ConfigError("dalle.text_len must be >= 2 (<bos> + at least one token)")
+        if not 0 <= self.bos_id < self.text_vocab:
+            raise ConfigError(f"dalle.bos_id {self.bos_id} is outside the text vocabulary")
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ConfigError(f"dalle.conv_kernel must be odd and >= 1, got {self.conv_kernel}")
+        if not 0.0 <= self.caption_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("dalle.caption_dropout and dalle.dropout must be in [0, 1)")
+        if self.loss_text_weight < 0 or self.loss_image_weight < 0:
+            raise ConfigError("dalle loss weights must be >= 0")
+
+
+@register_preset("dalle", "tiny")
+def _tiny() -> DalleConfig:
+    return DalleConfig(
+        text_vocab=300, text_len=8, image_vocab=64, grid_size=8, d_model=32, n_layers=3, n_heads=4
+    )
+
+
+@register_preset("dalle", "shapes")
+def _shapes() -> DalleConfig:
+    # shapes tokenizer (vocab 512, captions <= ~20 tokens) + shapes dVAE (8x8 tokens of 512).
+    return DalleConfig(
+        text_vocab=512,
+        text_len=24,
+        image_vocab=512,
+        grid_size=8,
+        d_model=256,
+        n_layers=8,
+        n_heads=8,
+        conv_kernel=5,
+        caption_dropout=0.1,
+    )
+
+
+@register_preset("dalle", "dalle-12b")
+def _dalle_12b() -> DalleConfig:
+    return DalleConfig()

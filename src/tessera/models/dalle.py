@@ -1,0 +1,239 @@
+"""DALL·E's stage-2 prior: a decoder-only sparse transformer over [text; image] tokens.
+
+The stream (paper §2.2, App. B.1) is ``text_len`` text positions -- ``<bos>``, up to
+``text_len - 1`` BPE tokens, then one padding token unique to each remaining position -- and
+the ``grid_size**2`` dVAE tokens of the image in raster order. Position ``p`` predicts the
+token at ``p + 1``: text positions ``0 .. text_len - 2`` predict text (BPE ids or padding
+tokens), position ``text_len - 1`` and the image positions predict image tokens. The output
+layer is tied to the two input embeddings, so text positions can only emit text tokens and
+image positions only image tokens.
+
+Blocks are pre-norm (LayerNorm -> attention / MLP -> residual add); residual output projections
+start at ``0.02 / sqrt(2 * n_layers)`` (GPT-2's scaling, needed at 64 layers); every residual
+branch is routed through a :class:`~tessera.nn.gradscale.ResblockGradScale` so fp16 training
+can use the paper's per-resblock gradient scaling (App. D).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tessera.config.dalle import DalleConfig
+from tessera.nn.attention import Backend, KVCache, MaskSpec, SelfAttention
+from tessera.nn.gradscale import ResblockGradScale
+from tessera.nn.masks import layer_kinds
+
+
+def prepare_text(ids: torch.Tensor, lengths: torch.Tensor, cfg: DalleConfig) -> torch.Tensor:
+    """BPE ids ``(B, n)`` with real lengths ``(B,)`` -> the text stream ``(B, text_len)``.
+
+    Position 0 holds ``<bos>``, positions ``1 .. len`` the caption (cut to ``text_len - 1``
+    tokens), every later position ``p`` the padding token ``text_vocab + p``.
+    """
+    b = ids.shape[0]
+    room = cfg.text_len - 1
+    lengths = lengths.to(ids.device).clamp(max=min(room, ids.shape[1]))
+    ids = ids[:, :room]
+    if ids.shape[1] < room:
+        ids = F.pad(ids, (0, room - ids.shape[1]))
+    if ids.numel() and (ids.min() < 0 or ids.max() >= cfg.text_vocab):
+        raise ValueError(f"text ids must be in [0, {cfg.text_vocab}) for this model")
+    pos = torch.arange(1, cfg.text_len, device=ids.device)
+    pad = cfg.text_vocab + pos  # (text_len - 1,)
+    body = torch.where(pos[None, :] <= lengths[:, None], ids, pad[None, :])
+    bos = torch.full((b, 1), cfg.bos_id, dtype=ids.dtype, device=ids.device)
+    return torch.cat([bos, body], dim=1)
+
+
+def empty_text(batch: int, cfg: DalleConfig, device: torch.device | None = None) -> torch.Tensor:
+    """The empty caption's stream ``(B, text_len)``: ``<bos>`` then padding tokens only."""
+    ids = torch.zeros(batch, 0, dtype=torch.long, device=device)
+    return prepare_text(ids, torch.zeros(batch, dtype=torch.long, device=device), cfg)
+
+
+class MLP(nn.Module):
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(d_model, hidden)
+        self.proj = nn.Linear(hidden, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with one attention mask kind."""
+
+    def __init__(self, cfg: DalleConfig, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.spec = MaskSpec(kind, cfg.text_len, cfg.grid_size, cfg.grid_size, cfg.conv_kernel)
+        self.attn_norm = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg.d_model, cfg.n_heads, dropout=cfg.dropout)
+        self.mlp_norm = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg.d_model, cfg.mlp_ratio * cfg.d_model)
+        self.attn_gs = ResblockGradScale(self.attn_norm, self.attn)
+        self.mlp_gs = ResblockGradScale(self.mlp_norm, self.mlp)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.checkpointing = False
+
+    def _attn(
+        self, h: torch.Tensor, cache: KVCache | None, layer: int, start: int, backend: Backend
+    ) -> torch.Tensor:
+        y = self.attn(
+            self.attn_norm(h), self.spec, cache=cache, layer=layer, start=start, backend=backend
+        )
+        return self.drop(y)
+
+    def _mlp(self, h: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.mlp(self.mlp_norm(h)))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        start: int = 0,
+        backend: Backend = "sdpa",
+    ) -> torch.Tensor:
+        if self.checkpointing and torch.is_grad_enabled() and cache is None:
+            return torch.utils.checkpoint.checkpoint(
+                self._forward, x, cache, layer, start, backend, use_reentrant=False
+            )
+        return self._forward(x, cache, layer, start, backend)
+
+    def _forward(
+        self, x: torch.Tensor, cache: KVCache | None, layer: int, start: int, backend: Backend
+    ) -> torch.Tensor:
+        x = self.attn_gs.residual(x, self._attn, cache, layer, start, backend)
+        return self.mlp_gs.residual(x, self._mlp)
+
+
+class DALLE(nn.Module):
+    """The transformer prior. :meth:`forward` returns the training loss pieces; sampling uses
+    :meth:`hidden` with a :class:`~tessera.nn.attention.KVCache` (see
+    :mod:`tessera.sampling.sample`)."""
+
+    def __init__(self, cfg: DalleConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        d = cfg.d_model
+        self.text_emb = nn.Embedding(cfg.text_table, d)
+        self.image_emb = nn.Embedding(cfg.image_vocab, d)
+        self.text_pos = nn.Parameter(torch.zeros(cfg.text_len, d))
+        self.row_pos = nn.Parameter(torch.zeros(cfg.grid_size, d))
+        self.col_pos = nn.Parameter(torch.zeros(cfg.grid_size, d))
+        kinds = (
+            layer_kinds(cfg.n_layers)
+            if cfg.attention == "sparse"
+            else [cfg.attention] * cfg.n_layers
+        )
+        self.blocks = nn.ModuleList(Block(cfg, k) for k in kinds)
+        self.norm = nn.LayerNorm(d)
+        self.backend: Backend = "sdpa"
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = 0.02
+        resid_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, p in self.named_parameters():
+            if p.device.type == "meta":
+                continue
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith(".bias") or name.endswith("norm.bias"):
+                nn.init.zeros_(p)
+            elif name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
+                nn.init.normal_(p, std=resid_std)
+            else:
+                nn.init.normal_(p, std=std)
+
+    # -- pieces -----------------------------------------------------------------------------
+
+    def image_positions(self) -> torch.Tensor:
+        """``(grid*grid, d)`` row + column embeddings in raster order."""
+        g = self.config.grid_size
+        return (self.row_pos[:, None, :] + self.col_pos[None, :, :]).reshape(g * g, -1)
+
+    def embed(
+        self, text: torch.Tensor | None, image: torch.Tensor | None, image_start: int = 0
+    ) -> torch.Tensor:
+        """Embeddings of a stream piece: text ``(B, text_len)`` (whole) and/or image tokens
+        ``(B, n)`` at image indices ``image_start .. image_start + n``."""
+        parts = []
+        if text is not None:
+            parts.append(self.text_emb(text) + self.text_pos[: text.shape[1]])
+        if image is not None:
+            n = image.shape[1]
+            pos = self.image_positions()[image_start : image_start + n]
+            parts.append(self.image_emb(image) + pos)
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def hidden(
+        self, x: torch.Tensor, *, cache: KVCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """Run the blocks + final norm on embeddings ``x`` (B, t, d) at positions ``start..``."""
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache=cache, layer=i, start=start, backend=self.backend)
+        return self.norm(x)
+
+    def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.text_emb.weight.t()
+
+    def image_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.image_emb.weight.t()
+
+    def new_cache(self, batch: int, *, dtype: torch.dtype | None = None) -> KVCache:
+        cfg = self.config
+        p = self.text_emb.weight
+        return KVCache.empty(
+            n_layers=cfg.n_layers,
+            batch=batch,
+            n_heads=cfg.n_heads,
+            max_len=cfg.seq_len,
+            d_head=cfg.d_model // cfg.n_heads,
+            dtype=dtype or p.dtype,
+            device=p.device,
+        )
+
+    # -- training ---------------------------------------------------------------------------
+
+    def forward(
+        self, text: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher-forced pass. text: (B, text_len) stream ids (:func:`prepare_text`);
+        image: (B, grid**2) dVAE tokens. Returns (weighted loss, text CE, image CE), the CEs
+        as means over their positions in nats."""
+        cfg = self.config
+        if text.shape[1] != cfg.text_len or image.shape[1] != cfg.image_len:
+            raise ValueError(
+                f"expected text (B, {cfg.text_len}) and image (B, {cfg.image_len}), got "
+                f"{tuple(text.shape)} and {tuple(image.shape)}"
+            )
+        x = self.embed(text, image[:, :-1])  # (B, text_len + image_len - 1, d)
+        h = self.hidden(x)
+        n_text = cfg.text_len - 1
+        text_ce = F.cross_entropy(
+            self.text_logits(h[:, :n_text]).float().flatten(0, 1), text[:, 1:].flatten()
+        )
+        image_ce = F.cross_entropy(
+            self.image_logits(h[:, n_text:]).float().flatten(0, 1), image.flatten()
+        )
+        loss = cfg.loss_text_weight * text_ce + cfg.loss_image_weight * image_ce
+        return loss, text_ce, image_ce
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        for block in self.blocks:
+            block.checkpointing = enabled
+
+
+def count_parameters(cfg: DalleConfig) -> int:
+    """Parameters of a model of ``cfg``, counted on the meta device (no memory allocated)."""
+    with torch.device("meta"):
+        model = DALLE(cfg)
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,163 @@
+"""Multi-head self-attention with an explicit mask, a KV cache and two backends.
+
+- ``sdpa`` (everywhere; all CPU training and CI): ``F.scaled_dot_product_attention`` with the
+  dense boolean mask of :mod:`tessera.nn.masks`. Backward works on every device.
+- ``flex`` (CUDA training and inference): compiled FlexAttention with a ``BlockMask`` built
+  once per (mask kind, text_len, grid width, sequence length, device) and cached. FlexAttention
+  has no backward on CPU (``../shared/reference/reliability.md`` §4); on CPU ``flex`` is only
+  used by the parity test, in eager mode without gradients.
+
+Incremental decoding always goes through SDPA: one query row against the cached keys, with
+the matching row of the dense mask, so the sparse pattern is respected while caching.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tessera.nn.masks import attention_mask, mask_mod
+
+Backend = Literal["sdpa", "flex"]
+
+
+@dataclasses.dataclass
+class KVCache:
+    """Keys and values of every layer, preallocated: ``(n_layers, B, H, max_len, d_head)``.
+
+    ``length`` is the number of positions already written (the next position to fill).
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int = 0
+
+    @classmethod
+    def empty(
+        cls,
+        *,
+        n_layers: int,
+        batch: int,
+        n_heads: int,
+        max_len: int,
+        d_head: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> KVCache:
+        shape = (n_layers, batch, n_heads, max_len, d_head)
+        return cls(
+            torch.zeros(shape, dtype=dtype, device=device),
+            torch.zeros(shape, dtype=dtype, device=device),
+        )
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def select(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index`` (e.g. to reorder or drop streams)."""
+        self.k = self.k[:, index]
+        self.v = self.v[:, index]
+
+
+@functools.lru_cache(maxsize=64)
+def dense_mask(
+    kind: str, text_len: int, h: int, w: int, conv_kernel: int, device: str
+) -> torch.Tensor:
+    """Cached ``(T, T)`` bool mask of :func:`tessera.nn.masks.attention_mask` on ``device``."""
+    return attention_mask(
+        kind, text_len, h, w, conv_kernel=conv_kernel, device=torch.device(device)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _block_mask(kind: str, text_len: int, w: int, conv_kernel: int, seq_len: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    mod = mask_mod(kind, text_len, w, conv_kernel=conv_kernel)
+    return create_block_mask(mod, None, None, seq_len, seq_len, device=device)
+
+
+@functools.lru_cache(maxsize=2)
+def _flex(compiled: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSpec:
+    """Which mask a layer uses: kind + the stream's geometry."""
+
+    kind: str
+    text_len: int
+    grid_h: int
+    grid_w: int
+    conv_kernel: int = 11
+
+    def dense(self, device: torch.device) -> torch.Tensor:
+        return dense_mask(
+            self.kind, self.text_len, self.grid_h, self.grid_w, self.conv_kernel, str(device)
+        )
+
+
+class SelfAttention(nn.Module):
+    """Causal multi-head self-attention over a masked stream (fused QKV projection)."""
+
+    def __init__(self, d_model: int, n_heads: int, *, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        spec: MaskSpec,
+        *,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        start: int = 0,
+        backend: Backend = "sdpa",
+    ) -> torch.Tensor:
+        """x: (B, t, d_model) for stream positions ``start .. start + t``.
+
+        Without a cache ``start`` must be 0 and the stream attends within itself. With a cache
+        the new keys/values are written at ``start`` and the queries attend to every cached
+        position ``< start + t`` allowed by the mask.
+        """
+        b, t, d = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, t, d_head)
+        end = start + t
+        if cache is not None:
+            cache.k[layer, :, :, start:end] = k
+            cache.v[layer, :, :, start:end] = v
+            k = cache.k[layer, :, :, :end]
+            v = cache.v[layer, :, :, :end]
+        p = self.dropout if self.training else 0.0
+        if backend == "flex" and cache is None:
+            y = self._flex(q, k, v, spec)
+        else:
+            mask = spec.dense(x.device)[start:end, :end]  # (t, end)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(b, t, d)  # (B, t, d_model)
+        return self.proj(y)
+
+    def _flex(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec
+    ) -> torch.Tensor:
+        t = q.shape[2]
+        block = _block_mask(
+            spec.kind, spec.text_len, spec.grid_w, spec.conv_kernel, t, str(q.device)
+        )
+        fn = _flex(compiled=q.device.type == "cuda")
+        return fn(q, k, v, block_mask=block, scale=1.0 / math.sqrt(self.d_head))
