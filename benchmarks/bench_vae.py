@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import platform
 import statistics
 import sys
@@ -60,61 +59,11 @@ import types
 import warnings
 from pathlib import Path
 
+from _common import Contention, wait_quiet
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 if SRC.is_dir():
     sys.path.insert(0, str(SRC))
-
-
-# ------------------------------------------------------------------------------ contention
-
-
-def _machine_busy_s() -> float | None:
-    """CPU-seconds used by every process on this machine so far (/proc/stat), or None."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = v
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_quiet(max_wait_s: float, threshold: float, window_s: float = 2.0) -> float | None:
-    """Sleep until other processes use < ``threshold`` of the machine over ``window_s``
-    (or ``max_wait_s`` passed); return the last foreign share seen."""
-    deadline = time.monotonic() + max_wait_s
-    while True:
-        b0 = _machine_busy_s()
-        time.sleep(window_s)
-        b1 = _machine_busy_s()
-        if b0 is None or b1 is None:
-            return None
-        share = (b1 - b0) / (window_s * (os.cpu_count() or 1))
-        if share < threshold or time.monotonic() > deadline:
-            return share
-
-
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-class Contention:
-    """foreign_cpu_frac = (machine busy CPU-s - own CPU-s) / (wall-s * cores), as the peer's."""
-
-    def __enter__(self):
-        self.t, self.busy, self.own = time.perf_counter(), _machine_busy_s(), _own_cpu_s()
-        return self
-
-    def __exit__(self, *exc):
-        wall = time.perf_counter() - self.t
-        busy = _machine_busy_s()
-        own = _own_cpu_s() - self.own
-        if self.busy is None or busy is None or wall <= 0:
-            self.foreign = None
-        else:
-            self.foreign = max(0.0, (busy - self.busy) - own) / (wall * (os.cpu_count() or 1))
-        return False
 
 
 # ---------------------------------------------------------------------------------- models

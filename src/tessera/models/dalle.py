@@ -182,15 +182,19 @@ class DALLE(nn.Module):
             x = block(x, cache=cache, layer=i, start=start, backend=self.backend)
         return self.norm(x)
 
+    # F.linear (not ``h @ W.t()``): autocast caches the low-precision copy of a weight passed
+    # to linear, so sampling does not re-cast the whole table at every token.
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
-        return h @ self.text_emb.weight.t()
+        return F.linear(h, self.text_emb.weight)
 
     def image_logits(self, h: torch.Tensor) -> torch.Tensor:
-        return h @ self.image_emb.weight.t()
+        return F.linear(h, self.image_emb.weight)
 
     def new_cache(self, batch: int, *, dtype: torch.dtype | None = None) -> KVCache:
         cfg = self.config
         p = self.text_emb.weight
+        if dtype is None and torch.is_autocast_enabled(p.device.type):
+            dtype = torch.get_autocast_dtype(p.device.type)  # keys/values come out in it
         return KVCache.empty(
             n_layers=cfg.n_layers,
             batch=batch,

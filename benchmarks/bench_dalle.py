@@ -1,0 +1,779 @@
+"""Stage-2 transformer: tessera's DALLE vs lucidrains' dalle-pytorch 1.6.6, same config, same run.
+
+For each ``--presets`` name (the shared peer benchmark's presets, ../shared/bench/README.md)
+tessera is built at the same shapes -- ``DalleConfig(text_vocab=10000, text_len=64,
+image_vocab=<codebook>, grid_size=<image_size / 8>, d_model=256, n_heads=8, n_layers=<depth>)``
+-- and measured in this process, while the peer (``peer_dalle_pytorch.py --preset NAME``) runs
+in a subprocess with its own interpreter. Ours and theirs are interleaved (train: A B, gen:
+A B; the order flips every round) so machine noise hits both alike. ``--threads`` intra-op
+threads (default 2), one inter-op thread, fixed seeds (model ``--seed``, data ``--seed + 1``,
+sampling ``--seed + 2``). Attention: ``full`` presets -> tessera ``attention="full"``; the
+peer's axial preset (row, col, row, row) -> tessera ``sparse`` (the paper's row / column / conv
+schedule) and ``row``; ``conv_like`` -> ``conv``. Every variant is executed as dense masked SDPA.
+
+Usage (the peer's interpreter is ``$PEERS/bin/python``, default /tmp/peers-venv/bin/python):
+
+    python benchmarks/bench_dalle.py [--presets s128-d4-full,s128-d8-full,s128-d4-axial]
+        [--steps 10] [--warmup 3] [--rounds 1] [--threads 2] [--skip-peer] [--quick]
+
+``--quick`` is a smoke test (2 steps, 1 warm-up, 1 generation, small scaling grids, no waiting
+for a quiet machine). Contamination guard (as bench_vae.py, helpers in _common.py): a (tessera,
+peer) pair of one phase during which other processes used more than ``--max-foreign`` of the
+machine's CPU is re-run after waiting for quiet, up to ``--retries`` times.
+
+What is timed (tessera):
+  train  forward + backward + ``AdamW(lr)`` step on a fixed random batch (``--batch`` 8; text ids
+         through ``prepare_text`` with full-length captions, random image tokens): ``--warmup``
+         untimed steps, then ``--steps`` timed ones; fp32 and ``torch.autocast("cpu",
+         dtype=torch.bfloat16)``. The peer: the same with ``Adam``, fp32.
+  gen    ``generate_image_tokens`` for ``--gen-batch`` 4 prompts, all image tokens, top-k with
+         k = ceil(0.1 * image_vocab) (the peer: ``filter_thres=0.9``), KV cache on (fp32 and
+         bf16 autocast) and off (fp32); one warm-up call that samples only the last 4 tokens.
+         The peer: ``generate_images`` as shipped (``default``) and with its KV cache patched in
+         (``cache_patched``); its time also includes the dVAE decode of the 4 images.
+  scaling  cached fp32 sampling at d4, full attention, image vocab 8192, for each
+         ``--scaling-grids`` side (8,16,32 = 64, 256, 1024 image tokens): seconds per token.
+
+JSON fields (one line on stdout; progress goes to stderr):
+  bench, torch, python, threads, cpu_count: identification.
+  peer: "dalle-pytorch <version>" (null with --skip-peer or when every peer run failed).
+  settings: the run's parameters: batch, gen_batch, steps, warmup, rounds, lr, seed, top_k_frac,
+    peak_gflops {fp32, bf16} (the MFU denominators), max_foreign, peer_python, peer_script.
+  presets.NAME:
+    config: the shared shapes (text_vocab, text_len, image_vocab, grid_size, image_len, d_model,
+      n_heads, depth), peer_attn_types, tessera_variants, gen_repeats.
+    tessera.VARIANT:
+      layer_kinds: mask kind per layer.
+      params: total, blocks_linear (nn.Linear weights in the blocks), embeddings (the tied
+        text + image tables, which are also the output head).
+      flops_per_train_step: positions (text_len + image_len - 1, as computed), linear_6NT
+        (6 * blocks_linear * positions * batch), head_6NT (the tied head as computed: text logits
+        over text_vocab + text_len rows at text_len - 1 positions, image logits over image_vocab
+        at image_len positions, x6), attn_12LdT2 (12 * L * d * positions^2 * batch: scores and
+        A.V as executed densely, whatever the mask), total.
+      train.{fp32,bf16}: step_s {median, min, max, n}; samples_per_s (median step) and
+        samples_per_s_minmax; image_tokens_per_s; tokens_per_s (text + image per sample);
+        loss_first / loss_last (first warm-up and last timed step); achieved_gflops (total /
+        median step), peak_gflops and mfu (their ratio) for that precision; own_cpu_util;
+        foreign_cpu_frac. With --rounds > 1: the median round, plus samples_per_s_rounds.
+      gen.{cached_fp32, cached_bf16, uncached_fp32}: batch_s {median, min, max, n} (one
+        generate call for the whole batch), image_tokens_per_s (gen_batch * image_len /
+        median), ms_per_token_step, foreign_cpu_frac; cached_* also token_match_vs_uncached
+        (share of sampled tokens equal to the fp32 uncached run, same seed).
+      gen_best_cached: the faster cached precision ("fp32" or "bf16").
+    peer: the peer's figures (a subset of its JSON): config_matches (its shapes equal ours),
+      params.matmul_N, flops_per_train_step (6N_T_plus_attn_as_executed), train {samples_per_s,
+      samples_per_s_minmax, step_s, loss_first, loss_last, achieved_gflops_6N_attn, mfu_6N_attn,
+      foreign_cpu_frac}, gen.{default, cache_patched} {batch_s, image_tokens_per_s,
+      foreign_cpu_frac}, peak_rss_mb {train, gen}; or {"error": ...} when the run failed.
+    ratios.VARIANT (tessera / peer, median of the per-round ratios; > 1: tessera is faster):
+      train_fp32, train_bf16 (samples/s over the peer's fp32 samples/s); gen_{fp32,bf16}_vs_shipped
+      and gen_{fp32,bf16}_vs_cache_patched (our cached image tokens/s over the peer's default and
+      cache_patched); gen_best_vs_shipped / gen_best_vs_cache_patched (the faster precision).
+    goals.VARIANT: the issue's targets as booleans: train_2x_fp32, train_2x_bf16 (>= 2x);
+      sample_10x_shipped_fp32, sample_10x_shipped_best (>= 10x the shipped sampler);
+      sample_2x_cache_patched_fp32, sample_2x_cache_patched_best (>= 2x the cache-patched one).
+  sampling_scaling: depth, attention, image_vocab, gen_batch, precision and per grid side
+    ("8", ...): image_len, batch_s, s_per_token (batch_s / image_len), relative_s_per_token
+    (vs the smallest grid; ~1 everywhere = cost linear in the number of image tokens),
+    foreign_cpu_frac.
+  foreign_cpu_frac_max: the worst foreign share of any kept measurement (ours or the peer's).
+  discarded_pairs: contaminated (tessera, peer) pairs that were re-run.
+  peak_rss_mb: this process's peak RSS (all presets, tessera only; the peer's is its own).
+  wall_s: the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import Contention, wait_quiet
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+if SRC.is_dir():
+    sys.path.insert(0, str(SRC))
+
+PEER_SCRIPT = ROOT.parent / "shared" / "bench" / "peer_dalle_pytorch.py"
+PEER_PYTHON = os.path.join(os.environ.get("PEERS", "/tmp/peers-venv"), "bin", "python")
+
+TEXT_VOCAB, TEXT_LEN, D_MODEL, N_HEADS = 10000, 64, 256, 8
+AXIAL = "axial_row,axial_col,axial_row,axial_row"
+# The peer's PRESETS (peer_dalle_pytorch.py; image tokens = (image_size / 2**3)**2):
+# name -> (grid side, image vocab, depth, the peer's attn_types, tessera's attention variants).
+PRESETS = {
+    "s64-d4-full": (8, 1024, 4, "full", ("full",)),
+    "s64-d8-full": (8, 1024, 8, "full", ("full",)),
+    "s64-d4-full-8k": (8, 8192, 4, "full", ("full",)),
+    "s64-d4-axial": (8, 1024, 4, AXIAL, ("sparse", "row")),
+    "s64-d4-conv": (8, 1024, 4, "conv_like", ("conv",)),
+    "s128-d4-full": (16, 8192, 4, "full", ("full",)),
+    "s128-d8-full": (16, 8192, 8, "full", ("full",)),
+    "s128-d4-axial": (16, 8192, 4, AXIAL, ("sparse", "row")),
+    "s128-d4-conv": (16, 8192, 4, "conv_like", ("conv",)),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench_dalle] {msg}", file=sys.stderr, flush=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument(
+        "--presets",
+        default="s128-d4-full,s128-d8-full,s128-d4-axial",
+        help=f"comma list of {', '.join(PRESETS)}",
+    )
+    p.add_argument("--steps", type=int, default=None, help="timed train steps (10; --quick 2)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed train steps (3; --quick 1)")
+    p.add_argument(
+        "--gen-repeats",
+        type=int,
+        default=None,
+        help="timed generate calls per mode (3 if image_len <= 64 else 1, as the peer; --quick 1)",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds per preset")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--gen-batch", type=int, default=4)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--top-k-frac", type=float, default=0.1, help="top_k = ceil(frac * vocab)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--peak-fp32", type=float, default=323.0, help="fp32 GEMM peak, GFLOP/s")
+    p.add_argument("--peak-bf16", type=float, default=2271.0, help="bf16 GEMM peak, GFLOP/s")
+    p.add_argument(
+        "--scaling-grids",
+        default=None,
+        help="grid sides for the sampling-cost scaling test (8,16,32; --quick 4,8; '' skips)",
+    )
+    p.add_argument("--skip-peer", action="store_true", help="time tessera only")
+    p.add_argument("--peer-python", default=PEER_PYTHON, help="the peer venv's interpreter")
+    p.add_argument("--peer-script", default=str(PEER_SCRIPT))
+    p.add_argument("--peer-timeout", type=float, default=1800.0, help="seconds per peer run")
+    p.add_argument("--quick", action="store_true", help="smoke test: tiny runs, no waiting")
+    p.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.05,
+        help="a (tessera, peer) pair during which other processes used more than this share "
+        "of the CPU is re-run after waiting for quiet (default 0.05)",
+    )
+    p.add_argument("--retries", type=int, default=None, help="re-runs of a pair (1; --quick 0)")
+    p.add_argument("--wait-s", type=float, default=None, help="max wait for quiet (20 s; quick 0)")
+    return p
+
+
+def resolve(args: argparse.Namespace) -> None:
+    q = args.quick
+    for name, full, quick in (
+        ("steps", 10, 2),
+        ("warmup", 3, 1),
+        ("retries", 1, 0),
+        ("wait_s", 20.0, 0.0),
+        ("scaling_grids", "8,16,32", "4,8"),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if q else full)
+    if q and args.gen_repeats is None:
+        args.gen_repeats = 1
+    unknown = [n for n in args.presets.split(",") if n not in PRESETS]
+    if unknown:
+        raise SystemExit(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def summarize(xs: list[float], nd: int = 4) -> dict:
+    return {
+        "median": round(statistics.median(xs), nd),
+        "min": round(min(xs), nd),
+        "max": round(max(xs), nd),
+        "n": len(xs),
+    }
+
+
+def rnd(x: float | None, nd: int = 3) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def precision_ctx(precision: str):
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_config(grid: int, vocab: int, depth: int, attention: str):
+    from tessera.config.dalle import DalleConfig
+
+    return DalleConfig(
+        text_vocab=TEXT_VOCAB,
+        text_len=TEXT_LEN,
+        image_vocab=vocab,
+        grid_size=grid,
+        d_model=D_MODEL,
+        n_layers=depth,
+        n_heads=N_HEADS,
+        attention=attention,
+    )
+
+
+def build_model(cfg, seed: int):
+    import torch
+
+    from tessera.models.dalle import DALLE
+
+    torch.manual_seed(seed)
+    return DALLE(cfg)
+
+
+def text_batch(cfg, batch: int, generator):
+    """Full-length random captions through prepare_text (as the peer's random text ids)."""
+    import torch
+
+    from tessera.models.dalle import prepare_text
+
+    ids = torch.randint(1, cfg.text_vocab, (batch, cfg.text_len - 1), generator=generator)
+    return prepare_text(ids, torch.full((batch,), cfg.text_len - 1), cfg)
+
+
+def train_flops(model, cfg, batch: int) -> dict:
+    from torch import nn
+
+    d, t = cfg.d_model, cfg.text_len + cfg.image_len - 1
+    n_lin = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, nn.Linear))
+    head = d * ((cfg.text_len - 1) * cfg.text_table + cfg.image_len * cfg.image_vocab)
+    out = {
+        "positions": t,
+        "linear_6NT": 6 * n_lin * t * batch,
+        "head_6NT": 6 * head * batch,
+        "attn_12LdT2": 12 * cfg.n_layers * d * t * t * batch,
+    }
+    out["total"] = sum(v for k, v in out.items() if k != "positions")
+    return out
+
+
+def params(model) -> dict:
+    from torch import nn
+
+    n_lin = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, nn.Linear))
+    emb = model.text_emb.weight.numel() + model.image_emb.weight.numel()
+    return {
+        "total": sum(p.numel() for p in model.parameters()),
+        "blocks_linear": n_lin,
+        "embeddings": emb,
+    }
+
+
+# ----------------------------------------------------------------------------------- tessera
+
+
+def measure_train(cfg, args: argparse.Namespace, precision: str) -> dict:
+    import torch
+
+    model = build_model(cfg, args.seed).train()
+    g = torch.Generator().manual_seed(args.seed + 1)
+    text = text_batch(cfg, args.batch, g)
+    image = torch.randint(0, cfg.image_vocab, (args.batch, cfg.image_len), generator=g)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+
+    def step() -> float:
+        with precision_ctx(precision):
+            loss = model(text, image)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    losses = [step() for _ in range(args.warmup)]
+    times = []
+    with Contention() as c:
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            losses.append(step())
+            times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    flops = train_flops(model, cfg, args.batch)["total"]
+    peak = args.peak_bf16 if precision == "bf16" else args.peak_fp32
+    gflops = flops / med / 1e9
+    return {
+        "step_s": summarize(times),
+        "samples_per_s": round(args.batch / med, 3),
+        "samples_per_s_minmax": [
+            round(args.batch / max(times), 3),
+            round(args.batch / min(times), 3),
+        ],
+        "image_tokens_per_s": round(args.batch * cfg.image_len / med, 1),
+        "tokens_per_s": round(args.batch * cfg.seq_len / med, 1),
+        "loss_first": round(losses[0], 4),
+        "loss_last": round(losses[-1], 4),
+        "achieved_gflops": round(gflops, 2),
+        "peak_gflops": peak,
+        "mfu": round(gflops / peak, 4),
+        "own_cpu_util": rnd(c.own_cpu / max(c.wall, 1e-9), 2),
+        "foreign_cpu_frac": rnd(c.foreign),
+    }
+
+
+def measure_gen(model, cfg, text, args: argparse.Namespace, use_cache: bool, precision: str):
+    """(entry, tokens of the last call) for one sampler setting."""
+    import torch
+
+    from tessera.sampling.sample import SamplingConfig, generate_image_tokens
+
+    k = math.ceil(args.top_k_frac * cfg.image_vocab)
+    settings = SamplingConfig(top_k=k, use_cache=use_cache)
+    b, n = text.shape[0], cfg.image_len
+    repeats = args.gen_repeats or (3 if n <= 64 else 1)
+    with precision_ctx(precision):  # warm-up: prefill + the last 4 tokens
+        prefix = torch.zeros(b, max(0, n - 4), dtype=torch.long)
+        generate_image_tokens(model, text, settings=settings, prefix=prefix)
+        times = []
+        with Contention() as c:
+            for _ in range(repeats):
+                g = torch.Generator().manual_seed(args.seed + 2)
+                t = time.perf_counter()
+                out = generate_image_tokens(model, text, settings=settings, generator=g)
+                times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    entry = {
+        "batch_s": summarize(times, 3),
+        "image_tokens_per_s": round(b * n / med, 2),
+        "ms_per_token_step": round(1000 * med / n, 3),
+        "top_k": k,
+        "foreign_cpu_frac": rnd(c.foreign),
+    }
+    return entry, out
+
+
+def tessera_train(pcfg: dict, args: argparse.Namespace) -> dict:
+    out = {}
+    for variant in pcfg["variants"]:
+        cfg = make_config(pcfg["grid"], pcfg["vocab"], pcfg["depth"], variant)
+        out[variant] = {p: measure_train(cfg, args, p) for p in ("fp32", "bf16")}
+        log(
+            f"  tessera {variant} train samples/s fp32 {out[variant]['fp32']['samples_per_s']}"
+            f" bf16 {out[variant]['bf16']['samples_per_s']}"
+        )
+    return out
+
+
+def tessera_gen(pcfg: dict, args: argparse.Namespace) -> dict:
+    import torch
+
+    out = {}
+    for variant in pcfg["variants"]:
+        cfg = make_config(pcfg["grid"], pcfg["vocab"], pcfg["depth"], variant)
+        model = build_model(cfg, args.seed).eval()
+        text = text_batch(cfg, args.gen_batch, torch.Generator().manual_seed(args.seed + 1))
+        res, toks = {}, {}
+        for name, cache, prec in (
+            ("cached_fp32", True, "fp32"),
+            ("cached_bf16", True, "bf16"),
+            ("uncached_fp32", False, "fp32"),
+        ):
+            res[name], toks[name] = measure_gen(model, cfg, text, args, cache, prec)
+        for name in ("cached_fp32", "cached_bf16"):
+            same = (toks[name] == toks["uncached_fp32"]).float().mean().item()
+            res[name]["token_match_vs_uncached"] = round(same, 4)
+        out[variant] = res
+        log(
+            f"  tessera {variant} gen tok/s cached fp32 {res['cached_fp32']['image_tokens_per_s']}"
+            f" bf16 {res['cached_bf16']['image_tokens_per_s']}"
+            f" uncached {res['uncached_fp32']['image_tokens_per_s']}"
+        )
+    return out
+
+
+def sampling_scaling(args: argparse.Namespace, vocab: int) -> dict | None:
+    import torch
+
+    grids = [int(s) for s in args.scaling_grids.split(",") if s.strip()]
+    if not grids:
+        return None
+    out: dict = {
+        "depth": 4,
+        "attention": "full",
+        "image_vocab": vocab,
+        "gen_batch": args.gen_batch,
+        "precision": "fp32",
+        "cache": True,
+    }
+    base = None
+    for grid in grids:
+        cfg = make_config(grid, vocab, 4, "full")
+        model = build_model(cfg, args.seed).eval()
+        text = text_batch(cfg, args.gen_batch, torch.Generator().manual_seed(args.seed + 1))
+        entry, _ = measure_gen(model, cfg, text, args, True, "fp32")
+        s_tok = entry["batch_s"]["median"] / cfg.image_len
+        base = base or s_tok
+        out[str(grid)] = {
+            "image_len": cfg.image_len,
+            "batch_s": entry["batch_s"]["median"],
+            "s_per_token": round(s_tok, 6),
+            "relative_s_per_token": round(s_tok / base, 3),
+            "foreign_cpu_frac": entry["foreign_cpu_frac"],
+        }
+        log(f"scaling grid {grid}: {s_tok * 1000:.3f} ms/token")
+    return out
+
+
+# -------------------------------------------------------------------------------------- peer
+
+
+def run_peer(args: argparse.Namespace, preset: str, phase: str, gen_repeats: int) -> dict:
+    """The peer's JSON for one phase (a fresh process), or {"error": ...}."""
+    cmd = [
+        args.peer_python,
+        args.peer_script,
+        "--preset",
+        preset,
+        "--phases",
+        phase,
+        "--threads",
+        str(args.threads),
+        "--seed",
+        str(args.seed),
+        "--batch",
+        str(args.batch),
+        "--gen-batch",
+        str(args.gen_batch),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+        "--gen-repeats",
+        str(gen_repeats),
+        "--lr",
+        str(args.lr),
+        "--peak-gflops",
+        str(args.peak_fp32),
+    ]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.peer_timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-600:]}"}
+    return json.loads(lines[-1])
+
+
+def peer_foreign(res: dict) -> float:
+    vals = [res.get("train", {}).get("foreign_cpu_frac")]
+    vals += [v.get("foreign_cpu_frac") for v in res.get("gen", {}).values() if isinstance(v, dict)]
+    return max([v for v in vals if v is not None], default=0.0)
+
+
+def peer_summary(train: dict | None, gen: dict | None, pcfg: dict) -> dict:
+    errors = [r["error"] for r in (train, gen) if r and "error" in r]
+    if errors:
+        return {"error": " | ".join(errors)}
+    src = train or gen or {}
+    c = src.get("config", {})
+    matches = (
+        c.get("image_seq_len") == pcfg["grid"] ** 2
+        and c.get("num_image_tokens") == pcfg["vocab"]
+        and c.get("depth") == pcfg["depth"]
+        and c.get("text_seq_len") == TEXT_LEN
+        and c.get("num_text_tokens") == TEXT_VOCAB
+        and c.get("dim") == D_MODEL
+        and c.get("heads", 0) * c.get("dim_head", 0) == D_MODEL
+    )
+    out: dict = {
+        "impl_version": src.get("impl_version"),
+        "config_matches": matches,
+        "attn_types": c.get("attn_types"),
+        "params": {"matmul_N": src.get("params", {}).get("matmul_N")},
+        "flops_per_train_step": src.get("flops_per_train_step", {}).get(
+            "6N_T_plus_attn_as_executed"
+        ),
+        "peak_rss_mb": {},
+    }
+    if train:
+        t = train["train"]
+        keys = (
+            "samples_per_s",
+            "samples_per_s_minmax",
+            "step_s",
+            "loss_first",
+            "loss_last",
+            "achieved_gflops_6N_attn",
+            "mfu_6N_attn",
+            "foreign_cpu_frac",
+        )
+        out["train"] = {k: t.get(k) for k in keys}
+        out["peak_rss_mb"]["train"] = train.get("peak_rss_mb")
+    if gen:
+        keys = ("batch_s", "image_tokens_per_s", "ms_per_token_step", "foreign_cpu_frac")
+        out["gen"] = {
+            m: {k: v.get(k) for k in keys}
+            for m, v in gen["gen"].items()
+            if m in ("default", "cache_patched")
+        }
+        out["peak_rss_mb"]["gen"] = gen.get("peak_rss_mb")
+    return out
+
+
+# -------------------------------------------------------------------------------- the rounds
+
+
+def ours_foreign(res: dict) -> float:
+    vals = [e.get("foreign_cpu_frac") for v in res.values() for e in v.values()]
+    return max([v for v in vals if v is not None], default=0.0)
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.discarded = 0
+        self.foreign: list[float] = []
+
+    def pair(self, r: int, ours, theirs) -> tuple[dict, dict | None]:
+        """Run ``ours()`` and ``theirs()`` (A B on even rounds, B A on odd), re-running the
+        pair when either saw more than --max-foreign of foreign CPU."""
+        args = self.args
+        for attempt in range(args.retries + 1):
+            got: dict = {}
+            jobs = [("ours", ours), ("theirs", theirs)]
+            for name, fn in jobs if r % 2 == 0 else jobs[::-1]:
+                got[name] = fn() if fn is not None else None
+            worst = ours_foreign(got["ours"])
+            if got["theirs"] is not None and "error" not in got["theirs"]:
+                worst = max(worst, peer_foreign(got["theirs"]))
+            if worst <= args.max_foreign or attempt == args.retries:
+                break
+            self.discarded += 1
+            log(f"  foreign CPU {worst:.2f} > {args.max_foreign}: waiting, then re-running")
+            wait_quiet(args.wait_s, args.max_foreign)
+        self.foreign.append(worst)
+        return got["ours"], got["theirs"]
+
+
+def median_entry(entries: list[dict], key: str) -> dict:
+    """The entry of the median round by ``key`` (lower median), with ``key_rounds`` added."""
+    if len(entries) == 1:
+        return entries[0]
+    vals = [e[key] for e in entries]
+    order = sorted(range(len(entries)), key=lambda i: vals[i])
+    out = dict(entries[order[(len(entries) - 1) // 2]])
+    out[key + "_rounds"] = vals
+    return out
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if not a or not b else a / b
+
+
+def med_ratio(xs: list[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return round(statistics.median(xs), 3) if xs else None
+
+
+def run_preset(name: str, args: argparse.Namespace, runner: Runner) -> dict:
+    grid, vocab, depth, peer_attn, variants = PRESETS[name]
+    pcfg = {"grid": grid, "vocab": vocab, "depth": depth, "variants": variants}
+    n = grid * grid
+    gen_repeats = args.gen_repeats or (3 if n <= 64 else 1)
+    peer = not args.skip_peer
+    trains, gens, p_trains, p_gens = [], [], [], []
+    for r in range(args.rounds):
+        log(f"{name} round {r + 1}/{args.rounds}: train")
+        wait_quiet(args.wait_s, args.max_foreign)
+        o, t = runner.pair(
+            r,
+            lambda: tessera_train(pcfg, args),
+            (lambda: run_peer(args, name, "train", gen_repeats)) if peer else None,
+        )
+        trains.append(o)
+        p_trains.append(t)
+        if t is not None:
+            log(f"  peer train samples/s {t.get('train', {}).get('samples_per_s', t)}")
+        log(f"{name} round {r + 1}/{args.rounds}: gen")
+        wait_quiet(args.wait_s, args.max_foreign)
+        o, t = runner.pair(
+            r,
+            lambda: tessera_gen(pcfg, args),
+            (lambda: run_peer(args, name, "gen", gen_repeats)) if peer else None,
+        )
+        gens.append(o)
+        p_gens.append(t)
+        if t is not None and "gen" in t:
+            log(
+                "  peer gen tok/s default "
+                f"{t['gen']['default']['image_tokens_per_s']} cache_patched "
+                f"{t['gen']['cache_patched']['image_tokens_per_s']}"
+            )
+
+    out: dict = {
+        "config": {
+            "text_vocab": TEXT_VOCAB,
+            "text_len": TEXT_LEN,
+            "image_vocab": vocab,
+            "grid_size": grid,
+            "image_len": n,
+            "d_model": D_MODEL,
+            "n_heads": N_HEADS,
+            "depth": depth,
+            "peer_attn_types": peer_attn,
+            "tessera_variants": list(variants),
+            "gen_repeats": gen_repeats,
+        },
+        "tessera": {},
+    }
+    for v in variants:
+        cfg = make_config(grid, vocab, depth, v)
+        model = build_model(cfg, args.seed)
+        entry: dict = {
+            "layer_kinds": [b.kind for b in model.blocks],
+            "params": params(model),
+            "flops_per_train_step": train_flops(model, cfg, args.batch),
+            "train": {
+                p: median_entry([t[v][p] for t in trains], "samples_per_s")
+                for p in ("fp32", "bf16")
+            },
+            "gen": {
+                m: median_entry([g[v][m] for g in gens], "image_tokens_per_s")
+                for m in ("cached_fp32", "cached_bf16", "uncached_fp32")
+            },
+        }
+        g = entry["gen"]
+        entry["gen_best_cached"] = (
+            "bf16"
+            if g["cached_bf16"]["image_tokens_per_s"] > g["cached_fp32"]["image_tokens_per_s"]
+            else "fp32"
+        )
+        out["tessera"][v] = entry
+    if not peer:
+        return out
+
+    ok_t = [t for t in p_trains if "error" not in t]
+    ok_g = [g for g in p_gens if "error" not in g]
+    pt = _median_peer(ok_t, lambda j: j["train"]["samples_per_s"]) if ok_t else p_trains[0]
+    pg = (
+        _median_peer(ok_g, lambda j: j["gen"]["cache_patched"]["image_tokens_per_s"])
+        if ok_g
+        else p_gens[0]
+    )
+    out["peer"] = peer_summary(pt, pg, pcfg)
+    out["ratios"], out["goals"] = {}, {}
+    for v in variants:
+        rr: dict = {}
+        for p in ("fp32", "bf16"):
+            rr[f"train_{p}"] = med_ratio(
+                [
+                    ratio(t[v][p]["samples_per_s"], pt_.get("train", {}).get("samples_per_s"))
+                    for t, pt_ in zip(trains, p_trains)
+                ]
+            )
+            for mode, key in (("default", "shipped"), ("cache_patched", "cache_patched")):
+                rr[f"gen_{p}_vs_{key}"] = med_ratio(
+                    [
+                        ratio(
+                            g[v][f"cached_{p}"]["image_tokens_per_s"],
+                            pg_.get("gen", {}).get(mode, {}).get("image_tokens_per_s"),
+                        )
+                        for g, pg_ in zip(gens, p_gens)
+                    ]
+                )
+        best = out["tessera"][v]["gen_best_cached"]
+        rr["gen_best_vs_shipped"] = rr[f"gen_{best}_vs_shipped"]
+        rr["gen_best_vs_cache_patched"] = rr[f"gen_{best}_vs_cache_patched"]
+        out["ratios"][v] = rr
+
+        def at_least(x: float | None, target: float) -> bool | None:
+            return None if x is None else x >= target
+
+        out["goals"][v] = {
+            "train_2x_fp32": at_least(rr["train_fp32"], 2),
+            "train_2x_bf16": at_least(rr["train_bf16"], 2),
+            "sample_10x_shipped_fp32": at_least(rr["gen_fp32_vs_shipped"], 10),
+            "sample_10x_shipped_best": at_least(rr["gen_best_vs_shipped"], 10),
+            "sample_2x_cache_patched_fp32": at_least(rr["gen_fp32_vs_cache_patched"], 2),
+            "sample_2x_cache_patched_best": at_least(rr["gen_best_vs_cache_patched"], 2),
+        }
+    return out
+
+
+def _median_peer(runs: list[dict], key) -> dict:
+    order = sorted(runs, key=key)
+    return order[(len(order) - 1) // 2]
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    resolve(args)
+    t_start = time.perf_counter()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
+
+    if not args.skip_peer and not os.path.exists(args.peer_python):
+        raise SystemExit(
+            f"peer interpreter {args.peer_python} not found: set up the peer venv "
+            "(../shared/bench/README.md), pass --peer-python, or --skip-peer"
+        )
+    presets = args.presets.split(",")
+    result: dict = {
+        "bench": "dalle_transformer_vs_dalle_pytorch",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "peer": None,
+        "settings": {
+            "batch": args.batch,
+            "gen_batch": args.gen_batch,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "rounds": args.rounds,
+            "lr": args.lr,
+            "seed": args.seed,
+            "top_k_frac": args.top_k_frac,
+            "peak_gflops": {"fp32": args.peak_fp32, "bf16": args.peak_bf16},
+            "max_foreign": args.max_foreign,
+            "peer_python": None if args.skip_peer else args.peer_python,
+            "peer_script": None if args.skip_peer else args.peer_script,
+        },
+        "presets": {},
+    }
+    runner = Runner(args)
+    for name in presets:
+        res = run_preset(name, args, runner)
+        result["presets"][name] = res
+        version = res.get("peer", {}).get("impl_version")
+        if version and result["peer"] is None:
+            result["peer"] = f"dalle-pytorch {version}"
+    wait_quiet(args.wait_s, args.max_foreign)
+    scaling = sampling_scaling(args, 8192)  # the issue's codebook
+    result["sampling_scaling"] = scaling
+    if scaling:
+        runner.foreign += [
+            v["foreign_cpu_frac"] or 0.0 for v in scaling.values() if isinstance(v, dict)
+        ]
+    result["foreign_cpu_frac_max"] = rnd(max(runner.foreign)) if runner.foreign else None
+    result["discarded_pairs"] = runner.discarded
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
