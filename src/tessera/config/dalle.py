@@ -91,10 +91,10 @@ def _tiny() -> DalleConfig:
 
 @register_preset("dalle", "shapes")
 def _shapes() -> DalleConfig:
-    # shapes tokenizer (vocab 512, captions <= ~20 tokens) + shapes dVAE (8x8 tokens of 512).
+    # shapes tokenizer (<= 512 tokens; captions are <= 13 tokens) + shapes dVAE (8x8 of 512).
     return DalleConfig(
         text_vocab=512,
-        text_len=24,
+        text_len=16,
         image_vocab=512,
         grid_size=8,
         d_model=256,

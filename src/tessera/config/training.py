@@ -65,8 +65,25 @@ class TrainConfig(Config):
     powersgd_rank: int = 0
     powersgd_start_iter: int = 2
     num_workers: int = 0
+    lr_mult: tuple[str, ...] = ()
+
+    def lr_multipliers(self) -> list[tuple[str, float]]:
+        """``lr_mult`` entries ``"PREFIX=FACTOR"`` parsed: parameters whose name starts with
+        PREFIX (first match wins) train at FACTOR x the scheduled step size."""
+        out = []
+        for item in self.lr_mult:
+            prefix, sep, factor = item.partition("=")
+            try:
+                value = float(factor)
+            except ValueError:
+                value = -1.0
+            if not sep or not prefix or not value > 0:
+                raise ConfigError(f"train.lr_mult entries are 'PREFIX=FACTOR' (> 0), got {item!r}")
+            out.append((prefix, value))
+        return out
 
     def validate(self) -> None:
+        self.lr_multipliers()
         positive = ("steps", "batch_size", "grad_accum", "ema_every", "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:

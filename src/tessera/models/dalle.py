@@ -135,7 +135,7 @@ class DALLE(nn.Module):
         )
         self.blocks = nn.ModuleList(Block(cfg, k) for k in kinds)
         self.norm = nn.LayerNorm(d)
-        self.backend: Backend = "sdpa"
+        self.backend: Backend = "auto"  # flex on CUDA, SDPA + dense mask elsewhere
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -91,10 +91,10 @@ def check_compatible(cfg: DalleConfig, vae: Any, tokenizer: Any) -> None:
             f"transformer expects {cfg.grid_size}x{cfg.grid_size} of {cfg.image_vocab} "
             f"(set model.grid_size / model.image_vocab)"
         )
-    if tokenizer.vocab_size != cfg.text_vocab:
+    if tokenizer.vocab_size > cfg.text_vocab:
         raise ConfigError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens; the transformer expects "
-            f"{cfg.text_vocab} (set model.text_vocab)"
+            f"the tokenizer has {tokenizer.vocab_size} tokens; the transformer's text vocabulary "
+            f"holds {cfg.text_vocab} (set model.text_vocab)"
         )
 
 

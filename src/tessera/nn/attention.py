@@ -2,10 +2,11 @@
 
 - ``sdpa`` (everywhere; all CPU training and CI): ``F.scaled_dot_product_attention`` with the
   dense boolean mask of :mod:`tessera.nn.masks`. Backward works on every device.
-- ``flex`` (CUDA training and inference): compiled FlexAttention with a ``BlockMask`` built
-  once per (mask kind, text_len, grid width, sequence length, device) and cached. FlexAttention
-  has no backward on CPU (``../shared/reference/reliability.md`` §4); on CPU ``flex`` is only
-  used by the parity test, in eager mode without gradients.
+- ``flex`` (CUDA training and prefill; ``auto``, the default, picks it on CUDA): compiled
+  FlexAttention with a ``BlockMask`` built once per (mask kind, text_len, grid width,
+  sequence length, device) and cached. FlexAttention has no backward on CPU
+  (``../shared/reference/reliability.md`` §4); on CPU ``flex`` is only used by the parity
+  test, in eager mode without gradients.
 
 Incremental decoding always goes through SDPA: one query row against the cached keys, with
 the matching row of the dense mask, so the sparse pattern is respected while caching.
@@ -24,7 +25,7 @@ from torch import nn
 
 from tessera.nn.masks import attention_mask, mask_mod
 
-Backend = Literal["sdpa", "flex"]
+Backend = Literal["auto", "sdpa", "flex"]
 
 
 @dataclasses.dataclass
@@ -144,7 +145,9 @@ class SelfAttention(nn.Module):
             k = cache.k[layer, :, :, :end]
             v = cache.v[layer, :, :, :end]
         p = self.dropout if self.training else 0.0
-        if backend == "flex" and cache is None:
+        if backend == "auto":
+            backend = "flex" if x.is_cuda else "sdpa"
+        if backend == "flex" and cache is None and p == 0.0:  # flex has no attention dropout
             y = self._flex(q, k, v, spec)
         else:
             mask = spec.dense(x.device)[start:end, :end]  # (t, end)

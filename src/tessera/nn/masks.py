@@ -39,6 +39,11 @@ def layer_kinds(n_layers: int) -> list[str]:
     return [*kinds, "conv"]
 
 
+def causal_mask(n: int, *, device: torch.device | None = None) -> torch.Tensor:
+    """``(n, n)`` bool mask, ``True`` where query ``i`` may attend to key ``j <= i``."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
 def image_mask(
     kind: str, h: int, w: int, *, conv_kernel: int = 11, device: torch.device | None = None
 ) -> torch.Tensor:

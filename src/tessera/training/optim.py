@@ -37,17 +37,23 @@ def no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed weights and exempt parameters (tied weights listed once)."""
+def param_groups(
+    model: nn.Module, weight_decay: float, lr_mult: list[tuple[str, float]] | None = None
+) -> list[dict]:
+    """AdamW groups: decayed weights and exempt parameters (tied weights listed once), split
+    further by ``lr_mult`` (name prefix -> step-size factor, first match wins; each group's
+    ``lr_mult`` is applied by the trainer on top of the schedule)."""
     exempt = no_decay_names(model)
-    decay: list[nn.Parameter] = []
-    keep: list[nn.Parameter] = []
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():  # named_parameters() skips tied duplicates
         if p.requires_grad:
-            (keep if name in exempt else decay).append(p)
+            bare = name.removeprefix("module.")  # DDP-wrapped
+            mult = next((m for pre, m in lr_mult or () if bare.startswith(pre)), 1.0)
+            groups.setdefault((name not in exempt, mult), []).append(p)
+    order = sorted(groups, key=lambda k: (not k[0], k[1]))
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": keep, "weight_decay": 0.0},
+        {"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0, "lr_mult": k[1]}
+        for k in order
     ]
 
 
@@ -58,9 +64,11 @@ def build_adamw(
     betas: tuple[float, float],
     eps: float,
     weight_decay: float,
+    lr_mult: list[tuple[str, float]] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups`; ``lr`` is overwritten each step by the schedule."""
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps)
+    groups = param_groups(model, weight_decay, lr_mult)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
 def grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:

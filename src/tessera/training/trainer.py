@@ -135,6 +135,7 @@ class Trainer:
             betas=config.betas,
             eps=config.eps,
             weight_decay=config.weight_decay,
+            lr_mult=config.lr_multipliers(),
         )
         self.ema = (
             EMA(self.model, decay=config.ema_decay, every=config.ema_every)
@@ -389,7 +390,7 @@ class Trainer:
         cfg = self.cfg
         lr = learning_rate(cfg, self.step)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_mult", 1.0)
         total = 0.0
         metrics: dict[str, float] = {}
         n_examples = 0
