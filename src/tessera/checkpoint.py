@@ -69,11 +69,19 @@ def _dalle_spec() -> KindSpec:
     return KindSpec(config_cls=DalleConfig, build=DALLE)
 
 
+def _clip_spec() -> KindSpec:
+    from tessera.config.clip import CLIPConfig
+    from tessera.models.clip import CLIP
+
+    return KindSpec(config_cls=CLIPConfig, build=CLIP)
+
+
 # Built-in kinds, built on first use so that loading one kind never imports the others.
 _BUILTIN: dict[str, Callable[[], KindSpec]] = {
     "tokenizer": _tokenizer_spec,
     "vae": _vae_spec,
     "dalle": _dalle_spec,
+    "clip": _clip_spec,
 }
 
 

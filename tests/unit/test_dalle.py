@@ -113,3 +113,45 @@ def test_output_layer_is_tied_to_embeddings() -> None:
     assert not any("head" in n for n in names)
     h = torch.randn(2, 32)
     assert torch.allclose(model.image_logits(h), h @ model.image_emb.weight.t())
+
+
+def test_bf16_autocast_training_and_cached_sampling() -> None:
+    from tessera.sampling.sample import generate_image_tokens
+
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = DALLE(cfg)
+    text = prepare_text(torch.randint(3, 50, (4, 3)), torch.full((4,), 3), cfg)
+    image = torch.randint(0, 16, (4, 16))
+    ref = model(text, image)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(text, image)[0]
+        loss.backward()
+        cache = model.new_cache(4)
+        tokens = generate_image_tokens(model, text, generator=torch.Generator().manual_seed(0))
+    assert cache.k.dtype == torch.bfloat16  # keys/values are stored in the autocast dtype
+    assert abs(loss.item() - ref.item()) < 0.05
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert tokens.shape == (4, 16) and int(tokens.max()) < 16
+
+
+def test_every_residual_branch_opts_into_per_resblock_scaling() -> None:
+    from tessera.nn.gradscale import resblock_grad_scales, set_resblock_scaling
+
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = DALLE(cfg).double()
+    assert len(resblock_grad_scales(model)) == 2 * cfg.n_layers  # attention + MLP per block
+    text = prepare_text(torch.randint(3, 50, (2, 3)), torch.full((2,), 3), cfg)
+    image = torch.randint(0, 16, (2, 16))
+    model(text, image)[0].backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert set_resblock_scaling(model, True) == 2 * cfg.n_layers
+    for _, gs in resblock_grad_scales(model):
+        gs.scale.fill_(4.0)
+    model.zero_grad()
+    model(text, image)[0].backward()
+    # Inside every block the gradient is the true one x the block's scale; outside, unchanged.
+    for n, p in model.named_parameters():
+        factor = 4.0 if n.startswith("blocks.") else 1.0
+        assert torch.allclose(p.grad, factor * ref[n], rtol=1e-4, atol=1e-9), n

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--image-prompt", help="image whose top rows are kept")
     p.add_argument("--keep-rows", type=int, default=0, help="token rows of the image prompt kept")
     p.add_argument("--batch-size", type=int, default=64, help="streams sampled at once")
+    p.add_argument("--clip", help="CLIP checkpoint that reranks each prompt's samples")
+    p.add_argument("--candidates", type=int, help="with --clip: samples drawn per prompt (--n)")
+    p.add_argument("--keep", type=int, help="with --clip: best samples kept per prompt (all)")
     p.add_argument("--out", default="out/generate", help="output directory")
     p.set_defaults(func=_generate)
 
@@ -57,7 +60,12 @@ def _generate(args: argparse.Namespace) -> int:
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    n, keep = _candidates(args)
     pipe = load_pipeline(args.model, vae=args.vae)
+    if args.clip:
+        from tessera.models.clip import load_scorer
+
+        pipe.reranker = load_scorer(args.clip, batch_size=args.batch_size)
     image = None
     if args.image_prompt:
         from tessera.vae.images import load_images
@@ -65,14 +73,34 @@ def _generate(args: argparse.Namespace) -> int:
         _, image = load_images([args.image_prompt], pipe.vae.config.image_size)
     samples = pipe.generate(
         prompts,
-        n=args.n,
+        n=n,
         settings=settings,
         seed=args.seed,
         image_prompt=image,
         keep_rows=args.keep_rows,
         batch_size=args.batch_size,
+        keep=keep,
     )
     extra = {"image_prompt": args.image_prompt, "keep_rows": args.keep_rows}
+    if args.clip:
+        extra.update({"clip": args.clip, "candidates": n})
     out = write_samples(args.out, samples, seed=args.seed, settings=settings, extra=extra)
     print(f"wrote {len(samples.prompts)} samples for {len(prompts)} prompt(s) to {out}")
     return 0
+
+
+def _candidates(args: argparse.Namespace) -> tuple[int, int | None]:
+    """(samples drawn per prompt, samples kept per prompt or None for all)."""
+    from tessera.errors import ConfigError
+
+    if not args.clip:
+        if args.candidates is not None or args.keep is not None:
+            raise ConfigError("--candidates and --keep need --clip DIR (a CLIP checkpoint)")
+        return args.n, None
+    n = args.n if args.candidates is None else args.candidates
+    keep = n if args.keep is None else args.keep
+    if n < 1:
+        raise ConfigError(f"--candidates must be >= 1, got {n}")
+    if not 1 <= keep <= n:
+        raise ConfigError(f"--keep must be between 1 and --candidates ({n}), got {keep}")
+    return n, keep

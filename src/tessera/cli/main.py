@@ -17,6 +17,7 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ("tokenizer", "train and use the BPE text tokenizer", ["tokenizer"]),
     ("vae", "stage 1: train and use the discrete VAE (image tokenizer)", ["vae", "vae_convert"]),
     ("dalle", "stage 2: train and inspect the text-image transformer", ["dalle"]),
+    ("clip", "train and use CLIP, the contrastive model that reranks samples", ["clip"]),
 ]
 # Top-level commands: modules whose ``register(subparsers)`` add one command each.
 COMMANDS: list[str] = ["generate", "demo"]

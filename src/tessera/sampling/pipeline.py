@@ -70,12 +70,17 @@ class Pipeline:
         image_prompt: torch.Tensor | None = None,
         keep_rows: int = 0,
         batch_size: int = 64,
+        keep: int | None = None,
     ) -> Samples:
         """``n`` samples per prompt. image_prompt: one image (1, 3, H, W) or one per prompt
         (B, 3, H, W) whose first ``keep_rows`` token rows are kept (the paper's image-to-image
-        translation). Every draw comes from one generator seeded with ``seed``."""
+        translation). Every draw comes from one generator seeded with ``seed``. With a
+        reranker each prompt's samples come best first, and only the best ``keep`` of the
+        ``n`` are returned (default: all; the paper keeps 32 of 512)."""
         if n < 1:
             raise DataError(f"n must be >= 1, got {n}")
+        if keep is not None and (self.reranker is None or not 1 <= keep <= n):
+            raise DataError(f"keep needs a reranker and 1 <= keep <= n = {n}, got {keep}")
         prompts = list(prompts)
         if not prompts:
             raise DataError("no prompts given")
@@ -110,17 +115,18 @@ class Pipeline:
         index = [i for i in range(len(prompts)) for _ in range(n)]
         out = Samples(images, tokens, [prompts[i] for i in index], index)
         if self.reranker is not None:
-            out = rerank(out, self.reranker, n)
+            out = rerank(out, self.reranker, n, keep=keep)
         return out
 
 
-def rerank(samples: Samples, reranker: Reranker, n: int) -> Samples:
-    """Sort each prompt's ``n`` samples by the reranker's score, best first."""
+def rerank(samples: Samples, reranker: Reranker, n: int, *, keep: int | None = None) -> Samples:
+    """Sort each prompt's ``n`` samples by the reranker's score, best first, keeping the best
+    ``keep`` of each prompt (default: all ``n``)."""
     scores = reranker(samples.images, samples.prompts).float().cpu()
     order = []
     for start in range(0, len(samples.prompts), n):
         block = scores[start : start + n]
-        order += (start + torch.argsort(block, descending=True, stable=True)).tolist()
+        order += (start + torch.argsort(block, descending=True, stable=True))[:keep].tolist()
     idx = torch.tensor(order)
     return Samples(
         samples.images[idx],
