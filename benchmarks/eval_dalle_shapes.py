@@ -2,11 +2,13 @@
 
     python benchmarks/eval_dalle_shapes.py RUN_DIR/final [--n-prompts 200] [--samples 1]
         [--top-k 0] [--temperature 1] [--guidance 1] [--seed 0] [--threads 2]
+        [--clip CLIP_DIR --candidates 8 --keep 1]   # CLIP reranking: judge the best K of N
 
 The first ``n`` canonical eval prompts (about a quarter name a colour-shape pair held out of
 training) are sampled ``--samples`` times each, decoded by the pipeline's dVAE and judged by
 the shapes checker (strict: every claim of the prompt must hold). Fields: ``strict`` (all
-samples), ``strict_seen`` / ``strict_held_out`` and their sample counts, the sampling settings,
+samples), ``strict_seen`` / ``strict_held_out`` and their sample counts, ``claims`` (per-claim pass
+rates), the sampling settings,
 ``dvae_ceiling`` (the same checker on the dVAE's reconstructions of the eval images for the
 same prompts: what a perfect prior could reach through this dVAE), and timing.
 """
@@ -30,6 +32,9 @@ def main() -> None:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clip", help="CLIP checkpoint: rerank --candidates per prompt, keep --keep")
+    ap.add_argument("--candidates", type=int, default=8)
+    ap.add_argument("--keep", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
@@ -42,14 +47,22 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.pipeline)
+    if args.clip:
+        from tessera.models.clip import load_scorer
+
+        pipe.reranker = load_scorer(args.clip)
     settings = SamplingConfig(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance
     )
     t0 = time.perf_counter()
     report = shapes_fidelity(
-        pipe, n_prompts=args.n_prompts, samples_per_prompt=args.samples, settings=settings,
+        pipe,
+        n_prompts=args.n_prompts,
+        samples_per_prompt=args.candidates if args.clip else args.samples,
+        keep=args.keep if args.clip else None,
+        settings=settings,
         seed=args.seed,
-    )  # fmt: skip
+    )
     elapsed = time.perf_counter() - t0
 
     size = pipe.vae.config.image_size

@@ -115,13 +115,13 @@ def _shapes() -> CLIPConfig:
         embed_dim=128,
         image_size=64,
         patch_size=8,
-        vision_width=192,
-        vision_layers=6,
-        vision_heads=6,
+        vision_width=128,
+        vision_layers=4,
+        vision_heads=4,
         vocab_size=512,
         context_length=32,
         text_width=128,
-        text_layers=4,
+        text_layers=3,
         text_heads=4,
     )
 

@@ -226,32 +226,44 @@ def shapes_fidelity(
     *,
     n_prompts: int = 200,
     samples_per_prompt: int = 1,
+    keep: int | None = None,
     settings: SamplingConfig | None = None,
     seed: int = 0,
     grid_path: Path | None = None,
 ) -> dict[str, Any]:
     """Strict caption fidelity on canonical ``shapes`` eval prompts (the first ``n_prompts``):
-    the share of samples that pass the shapes checker, overall and split by whether the prompt
-    names a held-out colour-shape pair (never seen in training) or only seen pairs."""
+    the share of samples that pass the shapes checker, overall, per claim (count, colour+shape,
+    size, position, relation: over the samples whose prompt makes that claim), and split by
+    whether the prompt names a held-out colour-shape pair (never seen in training) or only
+    seen pairs. With a reranker and ``keep``, each prompt draws ``samples_per_prompt``
+    candidates and only the best ``keep`` are judged (the paper's reranking)."""
     from tessera.config.shapes import ShapesConfig
     from tessera.data.shapes import check_image, evaluation_prompts, parse_prompt
 
     shapes_cfg = ShapesConfig()
     prompts = evaluation_prompts(n_prompts, config=shapes_cfg)
     held = set(shapes_cfg.held_out)
-    out = pipe.generate(prompts, n=samples_per_prompt, settings=settings, seed=seed)
+    out = pipe.generate(prompts, n=samples_per_prompt, keep=keep, settings=settings, seed=seed)
     if grid_path is not None:
         from tessera.vae.images import to_uint8
 
         save_grid(to_uint8(out.images), out.prompt_index, Path(grid_path))
     passed = {"seen": [0, 0], "held_out": [0, 0]}
+    claims_ok: dict[str, list[int]] = {}
     for img, prompt in zip(out.images, out.prompts):
         claims = parse_prompt(prompt)
         bucket = (
             "held_out" if any(f"{o.color} {o.shape}" in held for o in claims.objects) else "seen"
         )
+        result = check_image(img, claims)
         passed[bucket][1] += 1
-        passed[bucket][0] += int(check_image(img, claims).passed)
+        passed[bucket][0] += int(result.passed)
+        for name in ("count", "color_shape", "size", "position", "relation"):
+            verdict = getattr(result, name)
+            if verdict is not None:
+                tally = claims_ok.setdefault(name, [0, 0])
+                tally[0] += int(verdict)
+                tally[1] += 1
     total = sum(v[1] for v in passed.values())
     report: dict[str, Any] = {
         "strict": sum(v[0] for v in passed.values()) / max(total, 1),
@@ -260,4 +272,5 @@ def shapes_fidelity(
     for k, (ok, n) in passed.items():
         report[f"strict_{k}"] = ok / n if n else None
         report[f"n_{k}"] = n
+    report["claims"] = {k: ok / n for k, (ok, n) in claims_ok.items()}
     return report
