@@ -155,3 +155,16 @@ def test_every_residual_branch_opts_into_per_resblock_scaling() -> None:
     for n, p in model.named_parameters():
         factor = 4.0 if n.startswith("blocks.") else 1.0
         assert torch.allclose(p.grad, factor * ref[n], rtol=1e-4, atol=1e-9), n
+
+
+def test_written_out_attention_equals_sdpa() -> None:
+    import torch.nn.functional as F
+
+    from tessera.nn.attention import masked_attention
+    from tessera.nn.masks import attention_mask
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 19, 8, dtype=torch.float64) for _ in range(3))
+    mask = attention_mask("row", 3, 4, 4)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    assert torch.allclose(masked_attention(q, k, v, mask), ref, atol=1e-12)
