@@ -143,3 +143,15 @@ def test_shapes_fidelity_reports_seen_and_held_out(pipeline) -> None:
     assert report["samples"] == 24 == report["n_seen"] + report["n_held_out"]
     assert 0.0 <= report["strict"] <= 1.0
     assert report["n_held_out"] > 0  # about a quarter of eval prompts name a held-out pair
+
+
+def test_too_long_prompt_is_cut_with_a_warning(pipeline, caplog) -> None:
+    from tessera.sampling.pipeline import load_pipeline
+
+    _, run, _ = pipeline
+    pipe = load_pipeline(run / "final")
+    long = " ".join(["a red circle above a blue square"] * 3)
+    with caplog.at_level("WARNING", logger="tessera.text"):
+        s = pipe.generate([long, "a red circle"], n=1)
+    assert s.images.shape[0] == 2
+    assert "1 prompt(s) longer than the model's 7 text tokens were cut" in caplog.text

@@ -16,6 +16,7 @@ can use the paper's per-resblock gradient scaling (App. D).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -47,6 +48,23 @@ def prepare_text(ids: torch.Tensor, lengths: torch.Tensor, cfg: DalleConfig) -> 
     body = torch.where(pos[None, :] <= lengths[:, None], ids, pad[None, :])
     bos = torch.full((b, 1), cfg.bos_id, dtype=ids.dtype, device=ids.device)
     return torch.cat([bos, body], dim=1)
+
+
+def warn_truncated(lengths: torch.Tensor, cfg: DalleConfig, *, what: str = "prompt") -> int:
+    """Log (logger ``tessera.text``) how many captions exceed the model's ``text_len - 1``
+    tokens and are cut by :func:`prepare_text`; return that count."""
+    room = cfg.text_len - 1
+    over = lengths > room
+    n = int(over.sum())
+    if n:
+        logging.getLogger("tessera.text").warning(
+            "%d %s(s) longer than the model's %d text tokens were cut (longest: %d tokens)",
+            n,
+            what,
+            room,
+            int(lengths.max()),
+        )
+    return n
 
 
 def empty_text(batch: int, cfg: DalleConfig, device: torch.device | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from torch import nn
 from tessera.config.dalle import DalleConfig
 from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
-from tessera.models.dalle import DALLE, empty_text, prepare_text
+from tessera.models.dalle import DALLE, empty_text, prepare_text, warn_truncated
 from tessera.training.data import BatchStream, source_image_batches
 from tessera.training.distributed import DistContext
 from tessera.training.stage import DataSpec, Objective, Stage
@@ -47,6 +47,8 @@ class TokenBatches:
 
     def __init__(self, inner: BatchStream, vae: nn.Module, tokenizer: Any, cfg: DalleConfig):
         self.inner, self.vae, self.tokenizer, self.cfg = inner, vae, tokenizer, cfg
+        self.truncated = 0  # captions cut to text_len - 1 tokens so far (first batch warns)
+        self._warned = False
 
     def __iter__(self) -> TokenBatches:
         return self
@@ -55,6 +57,9 @@ class TokenBatches:
         batch = next(self.inner)
         captions = [pick_caption(c) for c in batch["captions"]]
         enc = self.tokenizer.encode_batch(captions, train=True)
+        self.truncated += int((enc.lengths > self.cfg.text_len - 1).sum())
+        if self.truncated and not self._warned:  # BPE dropout lengthens captions
+            self._warned = bool(warn_truncated(enc.lengths, self.cfg, what="training caption"))
         text = prepare_text(enc.ids, enc.lengths, self.cfg)
         with torch.no_grad():
             image = self.vae.encode(batch["images"]).flatten(1)  # (B, grid**2)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from tessera.errors import CheckpointError, DataError
-from tessera.models.dalle import DALLE, prepare_text
+from tessera.models.dalle import DALLE, prepare_text, warn_truncated
 from tessera.sampling.sample import SamplingConfig, generate_image_tokens
 
 # reranker(images (N, 3, H, W) in [0, 1], prompts (N,)) -> scores (N,), higher is better.
@@ -44,8 +44,9 @@ class Pipeline:
 
     def text_streams(self, prompts: Sequence[str]) -> torch.Tensor:
         """``(B, text_len)`` text streams; a prompt longer than the model's text context is cut
-        with a warning (the tokenizer logs how many tokens were dropped)."""
+        with a warning on logger ``tessera.text`` saying how many were cut."""
         enc = self.tokenizer.encode_batch(list(prompts))
+        warn_truncated(enc.lengths, self.model.config)
         return prepare_text(enc.ids, enc.lengths, self.model.config)
 
     def image_prompt_tokens(self, image: torch.Tensor, keep_rows: int) -> torch.Tensor:
