@@ -169,7 +169,9 @@ class SelfAttention(nn.Module):
             y = self._flex(q, k, v, spec)
         else:
             mask = spec.dense(x.device)[start:end, :end]  # (t, end)
-            if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+            if q.device.type == "cpu" and (t == 1 or (torch.is_grad_enabled() and q.requires_grad)):
+                # training, and one-query decoding steps (SDPA's fused CPU kernel costs ~130 us
+                # a call there, about 2x the written-out form)
                 y = masked_attention(q, k, v, mask, dropout=p)
             else:
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
