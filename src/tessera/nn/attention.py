@@ -8,8 +8,9 @@
   (``../shared/reference/reliability.md`` §4); on CPU ``flex`` is only used by the parity
   test, in eager mode without gradients.
 
-Incremental decoding always goes through SDPA: one query row against the cached keys, with
-the matching row of the dense mask, so the sparse pattern is respected while caching.
+Incremental decoding uses the dense mask's matching row against the cached keys (so the
+sparse pattern is respected while caching): written out on CPU for one-query steps, SDPA
+elsewhere.
 """
 
 from __future__ import annotations
