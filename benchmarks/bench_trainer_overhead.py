@@ -35,6 +35,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from _common import _machine_busy_s, _own_cpu_s  # run as benchmarks/<script>.py
+
 WIDTH, DEPTH, BATCH, N_BATCHES = 256, 4, 64, 32
 TINY = 4  # width and batch of the model that measures the fixed per-step cost
 T = TypeVar("T")
@@ -147,22 +149,6 @@ def profile(data: list, cfg, seed: int) -> None:
         trainer_run(data, cfg, seed, Path(d) / "run")
         prof.disable()
     pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(25)
-
-
-def _machine_busy_s() -> float | None:
-    """CPU-seconds used by every process on this machine so far (/proc/stat), or None."""
-    try:
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = v
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def foreign_share(fn: Callable[[], T]) -> tuple[T, float | None]:

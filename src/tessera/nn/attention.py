@@ -33,12 +33,11 @@ Backend = Literal["auto", "sdpa", "flex"]
 class KVCache:
     """Keys and values of every layer, preallocated: ``(n_layers, B, H, max_len, d_head)``.
 
-    ``length`` is the number of positions already written (the next position to fill).
+    Callers say where each forward writes (``start``); the cache holds no position of its own.
     """
 
     k: torch.Tensor
     v: torch.Tensor
-    length: int = 0
 
     @classmethod
     def empty(
@@ -57,15 +56,6 @@ class KVCache:
             torch.zeros(shape, dtype=dtype, device=device),
             torch.zeros(shape, dtype=dtype, device=device),
         )
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
-
-    def select(self, index: torch.Tensor) -> None:
-        """Keep batch rows ``index`` (e.g. to reorder or drop streams)."""
-        self.k = self.k[:, index]
-        self.v = self.v[:, index]
 
 
 @functools.lru_cache(maxsize=64)
