@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	# OpenAI's dVAE package, a test-only reference: its metadata asks for torchvision, so no deps.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps dall-e==0.1
+	# FID references for the parity tests (both import torchvision at package level; the
+	# tests load only their torchvision-free modules), so no deps either.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps pytorch-fid==0.3.0 torch-fidelity==0.4.0
 	touch $(STAMP)
 
 install: $(STAMP)

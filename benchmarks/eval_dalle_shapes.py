@@ -7,8 +7,8 @@
 The first ``n`` canonical eval prompts (about a quarter name a colour-shape pair held out of
 training) are sampled ``--samples`` times each, decoded by the pipeline's dVAE and judged by
 the shapes checker (strict: every claim of the prompt must hold). Fields: ``strict`` (all
-samples), ``strict_seen`` / ``strict_held_out`` and their sample counts, ``claims`` (per-claim pass
-rates), the sampling settings,
+samples), ``n``, per-claim pass rates, ``strict_seen`` / ``strict_held_out`` and their sample
+counts, the sampling settings,
 ``dvae_ceiling`` (the same checker on the dVAE's reconstructions of the eval images for the
 same prompts: what a perfect prior could reach through this dVAE), and timing.
 """
@@ -27,6 +27,12 @@ def main() -> None:
     )
     ap.add_argument("--n-prompts", type=int, default=200)
     ap.add_argument("--samples", type=int, default=1, help="samples per prompt")
+    ap.add_argument(
+        "--held-out-share",
+        type=float,
+        default=None,
+        help="share of prompts naming a held-out pair (default: eval order, ~1/4)",
+    )
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--top-p", type=float, default=1.0)
@@ -42,7 +48,8 @@ def main() -> None:
 
     from tessera.config.shapes import ShapesConfig
     from tessera.data.shapes import ShapesSource, check_image
-    from tessera.sampling.pipeline import load_pipeline, shapes_fidelity
+    from tessera.evaluation.fidelity import fidelity_prompts, generate_and_score
+    from tessera.sampling.pipeline import load_pipeline
     from tessera.sampling.sample import SamplingConfig
 
     torch.set_num_threads(args.threads)
@@ -55,9 +62,10 @@ def main() -> None:
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance
     )
     t0 = time.perf_counter()
-    report = shapes_fidelity(
+    prompts = fidelity_prompts(args.n_prompts, held_out_share=args.held_out_share)
+    report, _ = generate_and_score(
         pipe,
-        n_prompts=args.n_prompts,
+        prompts,
         samples_per_prompt=args.candidates if args.clip else args.samples,
         keep=args.keep if args.clip else None,
         settings=settings,
@@ -68,7 +76,7 @@ def main() -> None:
     size = pipe.vae.config.image_size
     src = ShapesSource(ShapesConfig(size=size), split="eval", n=args.n_prompts)
     ok = 0
-    for i in range(args.n_prompts):
+    for i in range(args.n_prompts):  # the dVAE's ceiling on the first n eval images
         x = torch.from_numpy(src.image(i)).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
             rec = pipe.vae.decode(pipe.vae.encode(x))[0]
@@ -80,7 +88,7 @@ def main() -> None:
             "settings": vars(args),
             "dvae_ceiling": ok / args.n_prompts,
             "sampling_s": round(elapsed, 2),
-            "images_per_s": round(report["samples"] / elapsed, 2),
+            "images_per_s": round(report["n"] / elapsed, 2),
         }
     )
     print(json.dumps(report))

@@ -136,11 +136,13 @@ def test_info_prints_parameter_count(capsys) -> None:
 
 
 def test_shapes_fidelity_reports_seen_and_held_out(pipeline) -> None:
-    from tessera.sampling.pipeline import load_pipeline, shapes_fidelity
+    from tessera.evaluation.fidelity import fidelity_prompts, generate_and_score
+    from tessera.sampling.pipeline import load_pipeline
 
     _, run, _ = pipeline
-    report = shapes_fidelity(load_pipeline(run / "final"), n_prompts=12, samples_per_prompt=2)
-    assert report["samples"] == 24 == report["n_seen"] + report["n_held_out"]
+    prompts = fidelity_prompts(12)
+    report, _ = generate_and_score(load_pipeline(run / "final"), prompts, samples_per_prompt=2)
+    assert report["n"] == 24 == report["n_seen"] + report["n_held_out"]
     assert 0.0 <= report["strict"] <= 1.0
     assert report["n_held_out"] > 0  # about a quarter of eval prompts name a held-out pair
 

@@ -18,9 +18,10 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ("vae", "stage 1: train and use the discrete VAE (image tokenizer)", ["vae", "vae_convert"]),
     ("dalle", "stage 2: train and inspect the text-image transformer", ["dalle"]),
     ("clip", "train and use CLIP, the contrastive model that reranks samples", ["clip"]),
+    ("eval", "evaluate images from files: FID, IS, CLIP score, caption fidelity", ["eval"]),
 ]
 # Top-level commands: modules whose ``register(subparsers)`` add one command each.
-COMMANDS: list[str] = ["generate", "demo"]
+COMMANDS: list[str] = ["train_all", "generate", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ class VAEConfig(Config):
     logit_laplace_eps: epsilon of the pixel mapping (paper 0.1).
     temp_start / temp_end / temp_steps: gumbel-softmax temperature, cosine 1 -> 1/16 over 150k.
     kl_weight / kl_steps: beta, cosine 0 -> 6.6 over the first 5k updates.
+    kl_start: beta at update 0 (paper 0); the cosine runs kl_start -> kl_weight.
     """
 
     kind: ClassVar[str] = "vae"
@@ -40,6 +41,7 @@ class VAEConfig(Config):
     temp_steps: int = 150_000
     kl_weight: float = 6.6
     kl_steps: int = 5000
+    kl_start: float = 0.0
 
     @property
     def downsample(self) -> int:
@@ -68,5 +70,5 @@ class VAEConfig(Config):
             raise ConfigError("vae.logit_laplace_eps must be in (0, 0.5)")
         if not (self.temp_start > 0 and self.temp_end > 0):
             raise ConfigError("vae: temperatures must be > 0")
-        if self.kl_weight < 0 or self.temp_steps < 0 or self.kl_steps < 0:
-            raise ConfigError("vae: kl_weight, temp_steps and kl_steps must be >= 0")
+        if self.kl_weight < 0 or self.kl_start < 0 or self.temp_steps < 0 or self.kl_steps < 0:
+            raise ConfigError("vae: kl_weight, kl_start, temp_steps and kl_steps must be >= 0")

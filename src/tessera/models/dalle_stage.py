@@ -140,12 +140,15 @@ def make_sample_hook(cfg: DalleConfig, data: DataSpec) -> Callable[[nn.Module, i
     assets: dict[str, Any] = {}
 
     def hook(model: nn.Module, step: int, out_dir: Path) -> None:
-        from tessera.sampling.pipeline import Pipeline, shapes_fidelity
+        from tessera.evaluation.fidelity import fidelity_prompts, generate_and_score
+        from tessera.sampling.pipeline import Pipeline, save_grid
+        from tessera.vae.images import to_uint8
 
         if not assets:
             assets["vae"], assets["tok"] = load_frozen(cfg, data)
         pipe = Pipeline(model=model, vae=assets["vae"], tokenizer=assets["tok"])
-        report = shapes_fidelity(pipe, n_prompts=16, seed=0, grid_path=out_dir / "samples.png")
+        report, samples = generate_and_score(pipe, fidelity_prompts(16), seed=0)
+        save_grid(to_uint8(samples.images), samples.prompt_index, out_dir / "samples.png")
         with (out_dir.parent / "eval.jsonl").open("a") as f:
             f.write(json.dumps({"step": step, **report}) + "\n")
 

@@ -27,8 +27,8 @@ def temperature(cfg: VAEConfig, step: int) -> float:
 
 
 def kl_weight(cfg: VAEConfig, step: int) -> float:
-    """beta of update ``step``: cosine 0 -> kl_weight over kl_steps, then constant."""
-    return cosine(step, start=0.0, end=cfg.kl_weight, steps=cfg.kl_steps)
+    """beta of update ``step``: cosine kl_start -> kl_weight over kl_steps, then constant."""
+    return cosine(step, start=cfg.kl_start, end=cfg.kl_weight, steps=cfg.kl_steps)
 
 
 def relaxed_elb_loss(
