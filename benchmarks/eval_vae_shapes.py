@@ -9,6 +9,7 @@ rounded to uint8 and scored against the original:
 - ``psnr_db_mean`` / ``psnr_db_median``: PSNR per image (uint8 vs uint8, peak 255).
 - ``checker_pass_rate``: fraction of reconstructions that pass ``check_image`` for the image's
   own canonical prompt; ``checker_pass_rate_original``: the same for the originals (the ceiling).
+- ``claims``: pass rate per claim of those reconstructions (count, colour+shape, ...).
 - ``codes_used``: distinct tokens over all ``n`` images.
 
 Issue 4's bar for the ``shapes`` preset: PSNR >= 30 dB and pass rate >= 0.98.
@@ -36,6 +37,7 @@ def main() -> None:
     from tessera.config.shapes import ShapesConfig
     from tessera.data.shapes import check_image
     from tessera.data.shapes.dataset import ShapesSource
+    from tessera.evaluation.fidelity import CLAIMS, FidelityTally
 
     torch.set_num_threads(args.threads)
     model = tessera.load(args.checkpoint, kind="vae")
@@ -43,6 +45,7 @@ def main() -> None:
     size = model.config.image_size
     src = ShapesSource(ShapesConfig(size=size), split="eval", n=args.n)
 
+    tally = FidelityTally()  # per-claim verdicts on the reconstructions
     t0 = time.perf_counter()
     psnrs: list[float] = []
     passed = passed_orig = 0
@@ -62,7 +65,7 @@ def main() -> None:
             err = (recon_u8[j].astype(np.float64) - originals[j].astype(np.float64)) ** 2
             mse = max(float(err.mean()), 1e-10)
             psnrs.append(10.0 * np.log10(255.0**2 / mse))
-            passed += bool(check_image(recon_u8[j], prompt).passed)
+            passed += bool(tally.add(prompt, recon_u8[j]).passed)
             passed_orig += bool(check_image(originals[j], prompt).passed)
 
     record = {
@@ -75,6 +78,7 @@ def main() -> None:
         "psnr_db_p05": round(float(np.percentile(psnrs, 5)), 3),
         "checker_pass_rate": round(passed / args.n, 4),
         "checker_pass_rate_original": round(passed_orig / args.n, 4),
+        "claims": {c: tally.metrics()[c] for c in CLAIMS},
         "codes_used": int(used.sum()),
         "vocab_size": model.config.vocab_size,
         "seconds": round(time.perf_counter() - t0, 1),

@@ -365,3 +365,71 @@ def test_protocol_argument_errors(run, tmp_path, capsys) -> None:
         == 2
     )
     assert "not found" in capsys.readouterr().err
+
+
+def test_install_ships_half_precision_weights_and_the_demo_runs(run, tmp_path) -> None:
+    from safetensors import safe_open
+
+    dest = tmp_path / "assets"
+    argv = ["train", "--preset", "tiny", "--run-dir", str(run), "--install", str(dest)]
+    assert main([*argv, "--no-progress"]) == 0
+    for name in ("pipeline", "clip", "pipeline/vae"):
+        with safe_open(str(dest / name / "model.safetensors"), framework="pt") as f:
+            dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
+        assert dtypes == {torch.float16}
+    assert (dest / "summary.json").is_file()
+    out = tmp_path / "demo"
+    assert (
+        main(
+            [
+                "demo",
+                "--model",
+                str(dest / "pipeline"),
+                "--clip",
+                str(dest / "clip"),
+                "--candidates",
+                "2",
+                "--keep",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    for f in ("grid.png", "image_prompt.png", "index.html", "manifest.jsonl", "summary.json"):
+        assert (out / f).is_file(), f
+    records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and all("score" in r for r in records)  # 8 prompts, best 1 each
+    assert (
+        main(["eval", "fidelity", str(out / "manifest.jsonl"), "--out", str(tmp_path / "f")]) == 0
+    )
+
+
+def test_demo_without_models_says_how_to_get_them(tmp_path, capsys) -> None:
+    assert main(["demo", "--model", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "tessera train --preset shapes" in capsys.readouterr().err
+
+
+def test_eval_prompts_writes_a_balanced_benchmark(tmp_path) -> None:
+    from tessera.config.shapes import ShapesConfig
+    from tessera.data.shapes import parse_prompt
+
+    f = tmp_path / "prompts.txt"
+    assert main(["eval", "prompts", "--n", "10", "--held-out-share", "0.5", "--out", str(f)]) == 0
+    lines = f.read_text().splitlines()
+    held = set(ShapesConfig().held_out)
+    named = [any(f"{o.color} {o.shape}" in held for o in parse_prompt(p).objects) for p in lines]
+    assert len(lines) == 10 and sum(named) == 5
+
+
+def test_shipped_model_generates_by_default_and_matches_its_summary(tmp_path) -> None:
+    from tessera.generation_demo import default_model_dir
+
+    base = default_model_dir()
+    summary = json.loads((base / "summary.json").read_text())
+    assert summary["preset"] == "shapes" and summary["total_wall_s"] <= 3600
+    out = tmp_path / "gen"
+    assert main(["generate", "a red circle", "--n", "2", "--out", str(out)]) == 0
+    m = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(m) == 2 and Image.open(out / m[0]["file"]).size == (64, 64)

@@ -37,6 +37,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="out/eval", help="output directory")
     p.set_defaults(func=_fidelity)
 
+    p = subparsers.add_parser(
+        "prompts",
+        help="canonical shapes eval prompts for a fidelity benchmark",
+        description=(
+            "Print (or write with --out) the first --n canonical prompts of the shapes eval "
+            "split, one per line; --held-out-share S makes that share name a held-out pair."
+        ),
+    )
+    p.add_argument("--n", type=int, default=300, help="prompts (default 300)")
+    p.add_argument("--held-out-share", type=float, help="e.g. 0.5 (default: eval order)")
+    p.add_argument("--out", help="file to write (default: stdout)")
+    p.set_defaults(func=_prompts)
+
     p = subparsers.add_parser("clip-score", help="CLIP score of (prompt, image) pairs")
     p.add_argument("manifest", help="manifest .jsonl of (prompt, file)")
     p.add_argument("--clip", required=True, help="tessera CLIP checkpoint directory")
@@ -267,6 +280,20 @@ def _fidelity(args: argparse.Namespace) -> int:
         f"(seen {_fmt(metrics['strict_seen'])}, held-out {_fmt(metrics['strict_held_out'])})"
     )
     _finish(args, "Caption fidelity (shapes)", metrics, [*plots, *grids])
+    return 0
+
+
+def _prompts(args: argparse.Namespace) -> int:
+    from tessera.errors import ConfigError
+    from tessera.evaluation.fidelity import fidelity_prompts
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    text = "\n".join(fidelity_prompts(args.n, held_out_share=args.held_out_share)) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
     return 0
 
 

@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("prompt", nargs="*", help="text prompt(s)")
-    p.add_argument("--model", required=True, help="pipeline directory (RUN_DIR/final)")
+    p.add_argument("--model", help="pipeline directory (default: the shipped shapes model)")
     p.add_argument("--vae", help="dVAE checkpoint, if not in MODEL/vae")
     p.add_argument("--prompts", help="file with one prompt per line")
     p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
@@ -61,6 +61,12 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     n, keep = _candidates(args)
+    if args.model is None:
+        from tessera.generation_demo import default_model_dir
+
+        args.model = str(default_model_dir() / "pipeline")
+        if not (Path(args.model) / "config.json").is_file():
+            raise DataError("no --model given and no shipped model installed at " + args.model)
     pipe = load_pipeline(args.model, vae=args.vae)
     if args.clip:
         from tessera.models.clip import load_scorer

@@ -127,16 +127,40 @@ def run(args: argparse.Namespace) -> int:
 
 
 def install(run_dir: Path, dest: Path) -> None:
-    """Copy the release checkpoints (pipeline = transformer + tokenizer + dVAE, and CLIP)."""
+    """Copy the release checkpoints (pipeline = transformer + tokenizer + dVAE, and CLIP),
+    with their weights stored in float16, and the run's summary.json."""
     missing = [s for s in ("dalle", "clip") if not _done(s, run_dir)]
     if missing:
         raise TrainingError(f"cannot install: stage(s) {', '.join(missing)} not finished")
-    for name, src in (
-        ("pipeline", run_dir / "dalle" / "final"),
-        ("clip", run_dir / "clip" / "final"),
-    ):
+    pairs = (("pipeline", run_dir / "dalle" / "final"), ("clip", run_dir / "clip" / "final"))
+    for name, src in pairs:
         target = dest / name
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(src, target)
-    print(f"installed the pipeline and CLIP into {dest}")
+        for weights in target.rglob("model.safetensors"):
+            to_half(weights)
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        shutil.copy2(summary, dest / "summary.json")
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"installed the pipeline and CLIP into {dest} ({size / 2**20:.1f} MiB)")
+
+
+def to_half(path: Path) -> None:
+    """Store a weights file's float32 tensors as float16 (halves what ships; loading casts
+    back to the model's dtype). Values beyond float16's range are refused, not clipped."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for k, t in tensors.items():
+        if t.dtype == torch.float32:
+            if t.numel() and t.abs().max() > torch.finfo(torch.float16).max:
+                raise TrainingError(f"{path}: {k} does not fit in float16")
+            tensors[k] = t.half()
+    metadata["stored_dtype"] = "float16"
+    save_file(tensors, str(path), metadata=metadata)

@@ -97,9 +97,9 @@ def _shapes() -> DalleConfig:
         text_len=16,
         image_vocab=512,
         grid_size=8,
-        d_model=256,
+        d_model=192,
         n_layers=8,
-        n_heads=8,
+        n_heads=6,
         conv_kernel=5,
         caption_dropout=0.1,
     )

@@ -59,7 +59,9 @@ class InceptionExtractor:
     def __init__(self, weights: str | Path | None = None, *, device: str = "cpu") -> None:
         from tessera.evaluation.inception import load_inception
 
-        self.model = load_inception(weights, device=device)
+        # channels-last convolutions: ~2x faster on CPU (benchmarks/bench_inception.py); the
+        # features differ from the contiguous layout by ~3e-7 relative.
+        self.model = load_inception(weights, device=device).to(memory_format=torch.channels_last)
         self.device = torch.device(device)
 
     @torch.no_grad()

@@ -178,23 +178,26 @@ def _presets() -> dict[str, Callable[[], tuple[VAEConfig, TrainConfig]]]:
         )
 
     def shapes() -> tuple[VAEConfig, TrainConfig]:
-        # 64 px -> 8x8 tokens from a 512-code book: 6000 updates of 8 images, fp32 (bf16
+        # 64 px -> 8x8 tokens from a 512-code book: 4000 updates of 8 images, fp32 (bf16
         # convolutions of these narrow layers are slower than fp32 on CPU; channels-last is
         # used instead). The objective is the paper's (relaxed ELB: gumbel-softmax in forward
         # and backward, logit-Laplace NLL, beta * KL to the uniform prior, cosine temperature
         # 1 -> 1/16, AdamW, EMA). Departures from its schedules, each measured with 300-900
         # update pilots on this data (92% white pixels) in a run ~500x shorter:
-        # - kl_weight 66, from the first update (paper 6.6 after a 5k ramp). With beta ~0 or
-        #   6.6 the encoder saturates within ~50 updates onto 4-15 codes (KL near 64 ln 512,
-        #   logits ~50), saturated softmaxes pass no gradient and the codes never recover;
-        #   with 66 it keeps 50-75 codes in use and logits ~10 while the decoder learns.
+        # - beta starts at 66 and falls (cosine) to 3 over the run (paper: rises 0 -> 6.6 over
+        #   5k). With beta ~0 or 6.6 from the start the encoder saturates within ~50 updates
+        #   onto 4-15 codes (KL near 64 ln 512, logits ~50), saturated softmaxes pass no
+        #   gradient and the codes never recover; 66 keeps 50-75 codes in use and logits ~10
+        #   while the decoder learns, but a constant 66 leaves the posterior nearly uniform
+        #   (noisy codes, blurred shapes). Falling to 3: 52.0% checker pass after 4000
+        #   updates vs 49.9% for a constant 66 after 6000 (eval_vae_shapes.py, 500 images).
         # - batch 8 (paper 512): per image of compute, 8 reached higher PSNR than 32 (23.0 dB
         #   after 900 updates of 8 vs 20.4 after 300 of 32, same wall time).
         # - lr 1e-3 -> 1e-5 cosine, decoder at 3x (paper 1e-4 -> 1.25e-6 over 1.2M): the
         #   decoder's post-gain 1/16 residual branches must grow ~16x before they shape edges
         #   inside a token; a faster encoder re-saturates its logits.
         # - temp_steps = steps (paper 150k of 3M), so tau is small only once the step size is.
-        # - ema_decay 0.995 (paper 0.999): 0.999 ** 6000 still holds 0.25% of the init and
+        # - ema_decay 0.995 (paper 0.999): 0.999 ** 4000 still holds 1.8% of the init and
         #   averages over ~1000 updates of a fast-moving run; 0.995 averages the last ~200.
         # - the decoder's input conv starts at N(0, 1) (see build_model).
         return (
@@ -205,12 +208,13 @@ def _presets() -> dict[str, Callable[[], tuple[VAEConfig, TrainConfig]]]:
                 group_count=4,
                 vocab_size=512,
                 n_init=64,
-                temp_steps=6000,
-                kl_weight=66.0,
-                kl_steps=0,
+                temp_steps=4000,
+                kl_start=66.0,
+                kl_weight=3.0,
+                kl_steps=4000,
             ),
             TrainConfig(
-                steps=6000,
+                steps=4000,
                 batch_size=8,
                 lr=1e-3,
                 lr_end=1e-5,
