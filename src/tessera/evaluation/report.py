@@ -715,6 +715,7 @@ footer { margin-top: 40px; padding-top: 8px; border-top: 1px solid #ddd; color: 
   font-size: 0.8rem; }
 footer table { font-size: 0.8rem; }
 footer td { word-break: break-all; }
+footer td:first-child { word-break: normal; white-space: nowrap; }
 """
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
