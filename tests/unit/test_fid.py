@@ -154,11 +154,24 @@ def test_stats_round_trip_and_bad_files(tmp_path) -> None:
     np.savez(tmp_path / "bad.npz", mu=np.zeros(3), sigma=np.zeros((2, 2)))
     with pytest.raises(DataError, match="do not match"):
         load_stats(tmp_path / "bad.npz")
-    # an object array would need pickle: refused, never executed
-    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    (tmp_path / "obj.npz").write_bytes(b"PK-not-really-a-zip")
-    with pytest.raises(DataError):
+    # an object array can only be read by unpickling: refused, never executed
+    marker = tmp_path / "ran"
+    bomb = np.array([_Bomb(marker)], dtype=object)
+    np.savez(tmp_path / "obj.npz", mu=bomb, sigma=np.zeros((1, 1)))
+    with pytest.raises(DataError, match="not a statistics file"):
         load_stats(tmp_path / "obj.npz")
+    assert not marker.exists()
+    (tmp_path / "junk.npz").write_bytes(b"PK-not-really-a-zip")
+    with pytest.raises(DataError):
+        load_stats(tmp_path / "junk.npz")
+
+
+class _Bomb:
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
 
 
 def test_too_few_images_is_an_error() -> None:
