@@ -86,7 +86,7 @@ def main() -> None:
     )
     from tessera.errors import ConfigError
     from tessera.evaluation.retrieval import recall_at_k
-    from tessera.models.clip import load_scorer
+    from tessera.sampling.rerank import load_scorer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

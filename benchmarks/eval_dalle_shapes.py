@@ -49,13 +49,13 @@ def main() -> None:
     from tessera.config.shapes import ShapesConfig
     from tessera.data.shapes import ShapesSource, check_image
     from tessera.evaluation.fidelity import fidelity_prompts, generate_and_score
-    from tessera.sampling.pipeline import load_pipeline
+    from tessera.pipelines import load_pipeline
     from tessera.sampling.sample import SamplingConfig
 
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.pipeline)
     if args.clip:
-        from tessera.models.clip import load_scorer
+        from tessera.sampling.rerank import load_scorer
 
         pipe.reranker = load_scorer(args.clip)
     settings = SamplingConfig(

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from tessera._version import __version__
 
 if TYPE_CHECKING:
     from tessera.data.shapes import check_image
 
-__all__ = ["__version__", "check_image", "load", "preset"]
+__all__ = ["__version__", "check_image", "load", "load_pipeline", "preset"]
 
 
 def load(path: str, **kwargs: Any) -> Any:
@@ -20,6 +20,14 @@ def load(path: str, **kwargs: Any) -> Any:
     from tessera.checkpoint import load as _load
 
     return _load(path, **kwargs)
+
+
+def load_pipeline(path: str, **kwargs: Any) -> Any:
+    """Load a pipeline folder (``model_index.json``) as a text-to-image generator.
+    See ``tessera.pipelines.load_pipeline``."""
+    from tessera.pipelines import load_pipeline as _load_pipeline
+
+    return _load_pipeline(path, **kwargs)
 
 
 def preset(kind: str, name: str) -> Any:

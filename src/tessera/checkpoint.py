@@ -1,10 +1,11 @@
 """Self-describing checkpoints: ``config.json`` + ``*.safetensors`` (+ ``tokenizer.json``).
 
-One loader serves every kind. ``config.json`` names its ``kind``; the kind's registered config
-class parses it strictly and its builder makes the object, whose weights then come from
-``model.safetensors`` (nothing is unpickled). A legacy ``.pt`` state dict loads only through
-:func:`load_legacy_state_dict` with ``allow_legacy_pt=True``, and then only with
-``torch.load(weights_only=True)`` — never with a fallback to full unpickling.
+One loader serves every kind. ``config.json`` names its ``kind``; the kind's config class in
+the static table of :mod:`tessera.registry` parses it strictly and its builder makes the
+object, whose weights then come from ``model.safetensors`` (nothing is unpickled). A legacy
+``.pt`` state dict loads only through :func:`load_legacy_state_dict` with
+``allow_legacy_pt=True``, and then only with ``torch.load(weights_only=True)`` — never with a
+fallback to full unpickling.
 """
 
 from __future__ import annotations
@@ -12,16 +13,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tessera import __version__
+from tessera._version import __version__
 from tessera.config.base import Config
 from tessera.errors import CheckpointError, ConfigError, UnsafeCheckpointError
+from tessera.io import atomic_dir
+from tessera.registry import KindSpec, kind_spec, register_kind
+
+__all__ = [
+    "KindSpec",
+    "LoadedCheckpoint",
+    "load",
+    "load_checkpoint",
+    "load_legacy_state_dict",
+    "load_weights",
+    "read_config",
+    "register_kind",
+    "save",
+]
 
 log = logging.getLogger("tessera.checkpoint")
 
@@ -29,74 +40,6 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class KindSpec:
-    """How to rebuild one kind of checkpoint.
-
-    config_cls: the kind's :class:`Config` subclass.
-    build: config -> object (an ``nn.Module`` whose weights come from ``model.safetensors``).
-    load_dir: optional loader that reads the whole directory itself (e.g. tokenizers).
-    """
-
-    config_cls: type[Config]
-    build: Callable[[Any], Any] | None = None
-    load_dir: Callable[[Path], Any] | None = None
-
-
-_KINDS: dict[str, KindSpec] = {}
-
-
-def _tokenizer_spec() -> KindSpec:
-    from tessera.config.text import TokenizerConfig
-    from tessera.text.tokenizer import TextTokenizer
-
-    return KindSpec(config_cls=TokenizerConfig, load_dir=TextTokenizer.load)
-
-
-def _vae_spec() -> KindSpec:
-    from tessera.config.vae import VAEConfig
-    from tessera.vae.model import DiscreteVAE
-
-    return KindSpec(config_cls=VAEConfig, build=DiscreteVAE)
-
-
-def _dalle_spec() -> KindSpec:
-    from tessera.config.dalle import DalleConfig
-    from tessera.models.dalle import DALLE
-
-    return KindSpec(config_cls=DalleConfig, build=DALLE)
-
-
-def _clip_spec() -> KindSpec:
-    from tessera.config.clip import CLIPConfig
-    from tessera.models.clip import CLIP
-
-    return KindSpec(config_cls=CLIPConfig, build=CLIP)
-
-
-# Built-in kinds, built on first use so that loading one kind never imports the others.
-_BUILTIN: dict[str, Callable[[], KindSpec]] = {
-    "tokenizer": _tokenizer_spec,
-    "vae": _vae_spec,
-    "dalle": _dalle_spec,
-    "clip": _clip_spec,
-}
-
-
-def register_kind(kind: str, spec: KindSpec) -> None:
-    """Register (or replace) the loader of a checkpoint kind."""
-    _KINDS[kind] = spec
-
-
-def _kind_spec(kind: str) -> KindSpec:
-    if kind not in _KINDS and kind in _BUILTIN:
-        _KINDS[kind] = _BUILTIN[kind]()
-    if kind not in _KINDS:
-        known = ", ".join(sorted(set(_KINDS) | set(_BUILTIN)))
-        raise CheckpointError(f"unknown checkpoint kind {kind!r} (known kinds: {known})")
-    return _KINDS[kind]
 
 
 @dataclasses.dataclass
@@ -116,18 +59,21 @@ def save(
     tokenizer: Any | None = None,
     metadata: dict[str, str] | None = None,
     overwrite: bool = False,
+    dtype: str | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (temporary directory, fsync, rename).
 
     model: an ``nn.Module``; saved with ``safetensors.torch.save_model`` so tied weights stay tied.
     tokenizer: a ``tessera.text.TextTokenizer``, written as ``tokenizer.json`` beside the weights.
+    dtype: ``"float16"`` stores the float32 weights as float16 (half the size on disk; loading
+      casts back to the model's dtype); values beyond float16's range are refused.
     """
+    if dtype not in (None, "float16"):
+        raise CheckpointError(f"dtype must be None or 'float16', got {dtype!r}")
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"checkpoint directory already exists: {path} (pass overwrite=True)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         (tmp / CONFIG_FILE).write_text(config.to_json(), encoding="utf-8")
         if model is not None:
             from safetensors.torch import save_model
@@ -135,33 +81,31 @@ def save(
             meta = {"format": "pt", "tessera_version": __version__, "kind": config.kind}
             meta.update(metadata or {})
             save_model(model, str(tmp / WEIGHTS_FILE), metadata=meta)
+            if dtype == "float16":
+                _store_half(tmp / WEIGHTS_FILE)
         if tokenizer is not None:
             # config.json belongs to the model; the tokenizer's own config sits beside it.
             tokenizer.save(tmp, write_config=False)
             tokenizer.config.to_json(tmp / TOKENIZER_CONFIG_FILE)
-        for f in tmp.iterdir():
-            fsync_path(f)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-        fsync_path(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
-def fsync_path(p: Path) -> None:
-    """fsync a file or directory (so a rename that follows is durable)."""
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _store_half(path: Path) -> None:
+    """Rewrite a weights file with its float32 tensors as float16."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for k, t in tensors.items():
+        if t.dtype == torch.float32:
+            if t.numel() and t.abs().max() > torch.finfo(torch.float16).max:
+                raise CheckpointError(f"{path}: {k} does not fit in float16")
+            tensors[k] = t.half()
+    metadata["stored_dtype"] = "float16"
+    save_file(tensors, str(path), metadata=metadata)
 
 
 def read_config(path: str | Path) -> tuple[str, dict[str, Any]]:
@@ -200,7 +144,7 @@ def load_checkpoint(
     found_kind, fields = read_config(path)
     if kind is not None and found_kind != kind:
         raise CheckpointError(f"{path} holds a {found_kind!r} checkpoint, expected {kind!r}")
-    spec = _kind_spec(found_kind)
+    spec = kind_spec(found_kind)
     try:
         config = spec.config_cls.from_dict(fields)
     except ConfigError as e:

@@ -79,7 +79,7 @@ class Batches:
 def build_trainer(run_dir: Path, rank: int, world: int, ctx: Any = None) -> tuple[Any, list]:
     """A short trainer run (BATCH per rank); returns it and the list its losses go to."""
     from tessera.config.training import TrainConfig
-    from tessera.models.clip_stage import contrastive_objective
+    from tessera.training.stages.clip import contrastive_objective
     from tessera.training.trainer import Trainer
 
     cfg = TrainConfig(steps=STEPS, batch_size=BATCH * (WORLD // world), lr=1e-3, grad_clip=0.0)
@@ -110,8 +110,8 @@ def main() -> None:
     from safetensors.torch import save_file
 
     from tessera.models.clip import clip_loss
-    from tessera.models.clip_stage import contrastive_objective
     from tessera.training.distributed import init_distributed, wrap_ddp
+    from tessera.training.stages.clip import contrastive_objective
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)

@@ -27,15 +27,15 @@ def setup(tmp_path_factory):
     from tessera import checkpoint
     from tessera.config.base import preset
     from tessera.models.dalle import DALLE
-    from tessera.sampling.pipeline import save_pipeline
+    from tessera.pipelines.dalle import export_checkpoint
+    from tessera.training.stages.vae import STAGE as VAE_STAGE
     from tessera.vae.model import DiscreteVAE
-    from tessera.vae.stage import STAGE as VAE_STAGE
 
     torch.manual_seed(0)
     vae = DiscreteVAE(VAE_STAGE.presets["tiny"]()[0])
     dalle = DALLE(preset("dalle", "tiny"))
     tokenizer = checkpoint.load(tok, kind="tokenizer")
-    save_pipeline(root / "pipe", model=dalle, vae=vae, tokenizer=tokenizer)
+    export_checkpoint(root / "pipe", model=dalle, vae=vae, tokenizer=tokenizer)
     return root
 
 
@@ -51,7 +51,7 @@ def test_train_loss_falls_and_exports_the_model_with_its_tokenizer(setup) -> Non
         p.name for p in final.iterdir()
     }
     assert json.loads((final / "config.json").read_text())["kind"] == "clip"
-    from tessera.models.clip import load_scorer
+    from tessera.sampling.rerank import load_scorer
 
     scorer = load_scorer(final)
     assert scorer.model.config.image_size == 32 and scorer.tokenizer.max_length == 16
@@ -77,8 +77,8 @@ def test_score_prints_and_writes_every_pair(setup, tmp_path, capsys) -> None:
     assert len(printed) == len(records) == 4
     assert [(r["image"], r["text"]) for r in records] == [(f, t) for f in (a, b) for t in texts]
 
-    from tessera.models.clip import load_scorer
-    from tessera.vae.images import load_images
+    from tessera.data.images import load_images
+    from tessera.sampling.rerank import load_scorer
 
     sim = load_scorer(final).similarity(load_images([a, b], 32)[1], texts)
     got = torch.tensor([r["score"] for r in records]).view(2, 2)

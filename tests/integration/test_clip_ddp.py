@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import clip_ddp_worker as w
-from tessera.models.clip_stage import contrastive_objective
+from tessera.training.stages.clip import contrastive_objective
 
 
 @pytest.fixture(scope="module")

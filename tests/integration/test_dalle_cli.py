@@ -89,7 +89,7 @@ def test_image_prompt_keeps_the_top_rows(pipeline, tmp_path) -> None:
     argv = ["generate", "a red circle", "--model", model, "--n", "2", "--out", str(out),
             "--image-prompt", str(tmp_path / "p.png"), "--keep-rows", "2"]  # fmt: skip
     assert main(argv) == 0
-    from tessera.sampling.pipeline import load_pipeline
+    from tessera.pipelines import load_pipeline
 
     pipe = load_pipeline(run / "final")
     import torch
@@ -137,7 +137,7 @@ def test_info_prints_parameter_count(capsys) -> None:
 
 def test_shapes_fidelity_reports_seen_and_held_out(pipeline) -> None:
     from tessera.evaluation.fidelity import fidelity_prompts, generate_and_score
-    from tessera.sampling.pipeline import load_pipeline
+    from tessera.pipelines import load_pipeline
 
     _, run, _ = pipeline
     prompts = fidelity_prompts(12)
@@ -148,7 +148,7 @@ def test_shapes_fidelity_reports_seen_and_held_out(pipeline) -> None:
 
 
 def test_too_long_prompt_is_cut_with_a_warning(pipeline, caplog) -> None:
-    from tessera.sampling.pipeline import load_pipeline
+    from tessera.pipelines import load_pipeline
 
     _, run, _ = pipeline
     pipe = load_pipeline(run / "final")

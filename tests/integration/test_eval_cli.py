@@ -373,7 +373,7 @@ def test_install_ships_half_precision_weights_and_the_demo_runs(run, tmp_path) -
     dest = tmp_path / "assets"
     argv = ["train", "--preset", "tiny", "--run-dir", str(run), "--install", str(dest)]
     assert main([*argv, "--no-progress"]) == 0
-    for name in ("pipeline", "clip", "pipeline/vae"):
+    for name in ("pipeline/transformer", "pipeline/clip", "pipeline/vae"):
         with safe_open(str(dest / name / "model.safetensors"), framework="pt") as f:
             dtypes = {f.get_tensor(k).dtype for k in f.keys()}  # noqa: SIM118
         assert dtypes == {torch.float16}
@@ -386,7 +386,7 @@ def test_install_ships_half_precision_weights_and_the_demo_runs(run, tmp_path) -
                 "--model",
                 str(dest / "pipeline"),
                 "--clip",
-                str(dest / "clip"),
+                str(dest / "pipeline" / "clip"),
                 "--candidates",
                 "2",
                 "--keep",
@@ -424,7 +424,7 @@ def test_eval_prompts_writes_a_balanced_benchmark(tmp_path) -> None:
 
 
 def test_shipped_model_generates_by_default_and_matches_its_summary(tmp_path) -> None:
-    from tessera.generation_demo import default_model_dir
+    from tessera.apps.demo import default_model_dir
 
     base = default_model_dir()
     summary = json.loads((base / "summary.json").read_text())

@@ -14,13 +14,13 @@ from tessera.errors import ConfigError
 from tessera.evaluation.retrieval import recall_at_k
 from tessera.models.clip import (
     CLIP,
-    CLIPScorer,
     clip_loss,
     config_from_openai_state_dict,
     count_parameters,
     eos_positions,
     from_openai_state_dict,
 )
+from tessera.sampling.rerank import CLIPScorer
 
 
 def test_infonce_matches_a_hand_computed_value() -> None:
@@ -308,10 +308,12 @@ def test_recall_at_k_by_hand() -> None:
 
 
 def test_rerank_sorts_each_prompt_best_first_and_keeps_the_best_k() -> None:
-    from tessera.sampling.pipeline import Samples, rerank
+    from tessera.pipelines.base import Samples, rerank
 
     images = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 2, 2)
-    samples = Samples(images, torch.zeros(6, 1, 1), ["a"] * 3 + ["b"] * 3, [0, 0, 0, 1, 1, 1])
+    samples = Samples(
+        images, ["a"] * 3 + ["b"] * 3, [0, 0, 0, 1, 1, 1], tokens=torch.zeros(6, 1, 1)
+    )
     score = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.2, 0.8])
 
     def reranker(x: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from tessera.evaluation import report as rep
-from tessera.evaluation.report import (
+from tessera.reporting import html as rep
+from tessera.reporting.html import (
     PALETTE,
     BarPlot,
     Image,

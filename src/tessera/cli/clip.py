@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tessera.cli.train_common import STAGES, add_train_command
-
-STAGES["clip"] = "tessera.models.clip_stage:STAGE"
+from tessera.cli.train_common import add_train_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,9 +30,9 @@ def _score(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    from tessera.data.images import load_images
     from tessera.errors import ConfigError
-    from tessera.models.clip import load_scorer
-    from tessera.vae.images import load_images
+    from tessera.sampling.rerank import load_scorer
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tessera.cli.train_common import STAGES, add_train_command
-
-STAGES["dalle"] = "tessera.models.dalle_stage:STAGE"
+from tessera.cli.train_common import add_train_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

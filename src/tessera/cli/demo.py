@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
     p.add_argument("--model", help="pipeline directory (default: the shipped shapes model)")
-    p.add_argument("--clip", help="CLIP checkpoint (default: the shipped shapes CLIP)")
+    p.add_argument("--clip", help="CLIP checkpoint (default: the pipeline's own)")
     p.add_argument("--candidates", type=int, default=8, help="samples per prompt (default 8)")
     p.add_argument("--keep", type=int, default=4, help="best kept per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0, help="sampling / data seed (default 0)")
@@ -33,8 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.data:
+        from tessera.apps.demo import run_generation_demo
         from tessera.errors import ConfigError
-        from tessera.generation_demo import run_generation_demo
 
         if not 1 <= args.keep <= args.candidates:
             raise ConfigError(
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _data_demo(args: argparse.Namespace) -> int:
-    from tessera.demo import run_data_demo
+    from tessera.apps.data_demo import run_data_demo
 
     s = run_data_demo(
         args.out, n_train=args.n_train, n_eval=args.n_eval, size=args.size, seed=args.seed

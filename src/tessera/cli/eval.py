@@ -107,7 +107,7 @@ def _radii(text: str) -> list[float]:
 
 def _finish(args: argparse.Namespace, title: str, metrics: dict[str, Any], sections: list) -> None:
     from tessera import __version__
-    from tessera.evaluation.report import Table, write_report
+    from tessera.reporting.html import Table, write_report
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,7 @@ def _finish(args: argparse.Namespace, title: str, metrics: dict[str, Any], secti
 
 
 def _image_grid(images: list, title: str, captions: list[str] | None = None) -> list:
-    from tessera.evaluation.report import Image, grid_png
+    from tessera.reporting.html import Image, grid_png
 
     if not images:
         return []
@@ -172,7 +172,7 @@ def _fid(args: argparse.Namespace) -> int:
     from tessera.errors import DataError
     from tessera.evaluation.features import open_extractor
     from tessera.evaluation.fid import frechet_distance
-    from tessera.evaluation.report import LinePlot
+    from tessera.reporting.html import LinePlot
 
     radii = _radii(args.blur)
     if any(r > 0 for r in radii) and (
@@ -243,7 +243,7 @@ def _fidelity(args: argparse.Namespace) -> int:
     import numpy as np
 
     from tessera.evaluation.fidelity import CLAIMS, score_manifest
-    from tessera.evaluation.report import BarPlot
+    from tessera.reporting.html import BarPlot
 
     metrics, records = score_manifest(args.manifest)
     out = Path(args.out)
@@ -310,7 +310,7 @@ def _clip_score(args: argparse.Namespace) -> int:
     import torch
 
     from tessera.evaluation.manifest import ImageSet
-    from tessera.models.clip import load_scorer
+    from tessera.sampling.rerank import load_scorer
 
     scorer = load_scorer(args.clip, batch_size=args.batch_size)
     images = ImageSet(args.manifest)
@@ -356,24 +356,22 @@ def _protocol(args: argparse.Namespace) -> int:
     from tessera.errors import ConfigError
     from tessera.evaluation.features import open_extractor
     from tessera.evaluation.protocols import run_protocol
-    from tessera.evaluation.report import LinePlot
+    from tessera.reporting.html import LinePlot
 
     if args.n < 2 or args.candidates < 1 or args.image_size < 16:
         raise ConfigError("need --n >= 2, --candidates >= 1 and --image-size >= 16")
-    if args.candidates > 1 and not args.clip:
-        raise ConfigError("--candidates > 1 needs --clip to choose among them")
     if (args.model is None) == (args.samples is None):
         raise ConfigError("give exactly one of --model (generate) and --samples (re-score)")
-    extractor = open_extractor(args.features, inception=args.inception)
     pipe = None
     if args.model:
-        from tessera.sampling.pipeline import load_pipeline
+        from tessera.pipelines import load_pipeline
 
-        pipe = load_pipeline(args.model)
-        if args.clip:
-            from tessera.models.clip import load_scorer
-
-            pipe.reranker = load_scorer(args.clip, batch_size=args.batch_size)
+        pipe = load_pipeline(args.model, **({"clip": args.clip} if args.clip else {}))
+        if args.candidates > 1 and "rerank" not in pipe.capabilities:
+            raise ConfigError(
+                "--candidates > 1 needs --clip DIR (or a pipeline folder with a CLIP) to rank them"
+            )
+    extractor = open_extractor(args.features, inception=args.inception)
     result = run_protocol(
         args.protocol,
         args.data,

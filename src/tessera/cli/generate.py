@@ -20,27 +20,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", help="file with one prompt per line")
     p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0 keeps all tokens")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus mass (1 keeps all)")
-    p.add_argument("--threshold", type=float, default=0.0, help="min probability / max prob.")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    # Sampling flags default to the pipeline's own settings (stored in its model_index.json).
+    p.add_argument("--temperature", type=float, help="(default: the pipeline's, else 1)")
+    p.add_argument("--top-k", type=int, help="0 keeps all tokens (default: the pipeline's)")
+    p.add_argument("--top-p", type=float, help="nucleus mass; 1 keeps all (default: pipeline's)")
+    p.add_argument("--threshold", type=float, help="min probability / max prob.")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: none)")
     p.add_argument("--image-prompt", help="image whose top rows are kept")
     p.add_argument("--keep-rows", type=int, default=0, help="token rows of the image prompt kept")
     p.add_argument("--batch-size", type=int, default=64, help="streams sampled at once")
-    p.add_argument("--clip", help="CLIP checkpoint that reranks each prompt's samples")
-    p.add_argument("--candidates", type=int, help="with --clip: samples drawn per prompt (--n)")
-    p.add_argument("--keep", type=int, help="with --clip: best samples kept per prompt (all)")
+    p.add_argument("--clip", help="CLIP checkpoint that reranks (default: the pipeline's own)")
+    p.add_argument("--candidates", type=int, help="with a reranker: samples drawn per prompt")
+    p.add_argument("--keep", type=int, help="with a reranker: best samples kept per prompt")
     p.add_argument("--out", default="out/generate", help="output directory")
     p.set_defaults(func=_generate)
 
 
 def _generate(args: argparse.Namespace) -> int:
+    import dataclasses
     from pathlib import Path
 
     from tessera.errors import ConfigError, DataError
-    from tessera.sampling.pipeline import load_pipeline, write_samples
-    from tessera.sampling.sample import SamplingConfig
+    from tessera.pipelines import load_pipeline, write_samples
 
     prompts = list(args.prompt)
     if args.prompts:
@@ -50,33 +51,33 @@ def _generate(args: argparse.Namespace) -> int:
         raise DataError("give a prompt or --prompts FILE")
     if args.image_prompt and args.keep_rows < 1:
         raise ConfigError("--image-prompt needs --keep-rows R >= 1")
+    if args.model is None:
+        from tessera.apps.demo import default_pipeline_dir
+
+        args.model = str(default_pipeline_dir())
+    options = {k: v for k, v in (("vae", args.vae), ("clip", args.clip)) if v is not None}
+    pipe = load_pipeline(args.model, **options)
+    flags = {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "threshold": args.threshold,
+        "guidance": args.guidance,
+    }
     try:
-        settings = SamplingConfig(
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            threshold=args.threshold,
-            guidance=args.guidance,
+        settings = dataclasses.replace(
+            pipe.settings, **{k: v for k, v in flags.items() if v is not None}
         )
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    n, keep = _candidates(args)
-    if args.model is None:
-        from tessera.generation_demo import default_model_dir
-
-        args.model = str(default_model_dir() / "pipeline")
-        if not (Path(args.model) / "config.json").is_file():
-            raise DataError("no --model given and no shipped model installed at " + args.model)
-    pipe = load_pipeline(args.model, vae=args.vae)
-    if args.clip:
-        from tessera.models.clip import load_scorer
-
-        pipe.reranker = load_scorer(args.clip, batch_size=args.batch_size)
+    n, keep = _candidates(args, "rerank" in pipe.capabilities)
+    if getattr(pipe, "reranker", None) is not None:
+        pipe.reranker.batch_size = args.batch_size
     image = None
     if args.image_prompt:
-        from tessera.vae.images import load_images
+        from tessera.data.images import load_images
 
-        _, image = load_images([args.image_prompt], pipe.vae.config.image_size)
+        _, image = load_images([args.image_prompt], pipe.image_size)
     samples = pipe.generate(
         prompts,
         n=n,
@@ -88,21 +89,23 @@ def _generate(args: argparse.Namespace) -> int:
         keep=keep,
     )
     extra = {"image_prompt": args.image_prompt, "keep_rows": args.keep_rows}
-    if args.clip:
-        extra.update({"clip": args.clip, "candidates": n})
+    if keep is not None:
+        extra.update({"clip": args.clip or "pipeline", "candidates": n})
     out = write_samples(args.out, samples, seed=args.seed, settings=settings, extra=extra)
     print(f"wrote {len(samples.prompts)} samples for {len(prompts)} prompt(s) to {out}")
     return 0
 
 
-def _candidates(args: argparse.Namespace) -> tuple[int, int | None]:
+def _candidates(args: argparse.Namespace, reranks: bool) -> tuple[int, int | None]:
     """(samples drawn per prompt, samples kept per prompt or None for all)."""
     from tessera.errors import ConfigError
 
-    if not args.clip:
-        if args.candidates is not None or args.keep is not None:
-            raise ConfigError("--candidates and --keep need --clip DIR (a CLIP checkpoint)")
+    if args.candidates is None and args.keep is None:
         return args.n, None
+    if not reranks:
+        raise ConfigError(
+            "--candidates and --keep need --clip DIR (a CLIP checkpoint) or a pipeline with one"
+        )
     n = args.n if args.candidates is None else args.candidates
     keep = n if args.keep is None else args.keep
     if n < 1:

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from tessera import __version__
+from tessera._version import __version__
 from tessera.errors import TesseraError
 
 # (group name, help, modules whose ``register(subparsers)`` add the group's commands)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 from tessera.cli.data_inspect import positive_int
 
-_DEFAULT_EXAMPLES = 10_000
+_DEFAULT_EXAMPLES = 10_000  # = tessera.data.sources.DEFAULT_CAPTION_EXAMPLES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,13 +58,14 @@ def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from tessera.config import preset
+    from tessera.data.sources import iter_captions
     from tessera.text import TextTokenizer
 
     config = preset("tokenizer", args.preset)
     overrides = {"vocab_size": args.vocab_size, "max_length": args.max_length}
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     captions: list[str] = []
-    bar = tqdm(_captions(args.source, args.n), unit="caption", desc="reading captions")
+    bar = tqdm(iter_captions(args.source, args.n), unit="caption", desc="reading captions")
     captions.extend(bar)
     bar.close()
     tok = TextTokenizer.train(captions, config)
@@ -98,21 +98,3 @@ def run_encode(args: argparse.Namespace) -> int:
         print(f"  ids:    {ids}")
         print(f"  tokens: {tok.tokens(ids)}")
     return 0
-
-
-def _captions(source: str, n: int | None) -> Iterator[str]:
-    """Captions of a .txt file (stripped, blank lines skipped) or of ``n`` examples."""
-    from tessera.errors import DataError
-
-    path = Path(source)
-    if path.suffix == ".txt":
-        try:
-            with path.open(encoding="utf-8") as f:
-                yield from itertools.islice(filter(None, (line.strip() for line in f)), n)
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read captions from {path}: {e}") from None
-        return
-    from tessera.data.sources import open_source
-
-    for example in open_source(source, n=n if n is not None else _DEFAULT_EXAMPLES):
-        yield from example.captions

@@ -6,9 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tessera.cli.train_common import STAGES, add_train_command
-
-STAGES["vae"] = "tessera.vae.stage:STAGE"
+from tessera.cli.train_common import add_train_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +27,7 @@ def _load(args: argparse.Namespace):
     import torch
 
     from tessera import checkpoint
-    from tessera.vae.images import load_images
+    from tessera.data.images import load_images
 
     model = checkpoint.load(args.model, kind="vae").eval()
     files, images = load_images(args.images, model.config.image_size)
@@ -51,7 +49,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
-    from tessera.vae.images import save_side_by_side
+    from tessera.data.images import save_side_by_side
     from tessera.vae.losses import psnr
 
     torch, model, files, images = _load(args)

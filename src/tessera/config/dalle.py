@@ -6,6 +6,7 @@ import dataclasses
 from typing import ClassVar, Literal
 
 from tessera.config.base import Config, register_preset
+from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
 
 
@@ -108,3 +109,64 @@ def _shapes() -> DalleConfig:
 @register_preset("dalle", "dalle-12b")
 def _dalle_12b() -> DalleConfig:
     return DalleConfig()
+
+
+# -- training recipes ("train.dalle"), one per model preset ------------------------------
+
+
+@register_preset("train.dalle", "tiny")
+def _train_tiny() -> TrainConfig:
+    return TrainConfig(
+        steps=20,
+        batch_size=4,
+        lr=1e-3,
+        lr_schedule="warmup_cosine",
+        warmup_steps=2,
+        weight_decay=0.0,
+        checkpoint_every=10,
+    )
+
+
+@register_preset("train.dalle", "shapes")
+def _train_shapes() -> TrainConfig:
+    # bf16 autocast (AMX matmuls); 4000 updates of 32 examples (d 192 x 8 layers: 3.7M
+    # parameters, a few MB as shipped in fp16).
+    return TrainConfig(
+        steps=4000,
+        batch_size=32,
+        lr=1e-3,
+        lr_end=1e-5,
+        lr_schedule="warmup_cosine",
+        warmup_steps=200,
+        betas=(0.9, 0.96),
+        weight_decay=4.5e-2,
+        grad_clip=4.0,
+        ema_decay=0.99,
+        ema_every=1,
+        precision="bf16",
+        checkpoint_every=500,
+        sample_every=500,
+    )
+
+
+@register_preset("train.dalle", "dalle-12b")
+def _train_dalle_12b() -> TrainConfig:
+    # App. B.2: batch 1024, warm-up to 4.5e-4 over 5k updates, halved 5 times; AdamW
+    # (0.9, 0.96, decay 4.5e-2), clip 4, EMA 0.99 every 25; fp16 with per-resblock scales.
+    return TrainConfig(
+        steps=430_000,
+        batch_size=1,
+        lr=4.5e-4,
+        lr_schedule="halvings",
+        warmup_steps=5000,
+        lr_milestones=(210_000, 265_000, 310_000, 370_000, 400_000),
+        betas=(0.9, 0.96),
+        weight_decay=4.5e-2,
+        grad_clip=4.0,
+        ema_decay=0.99,
+        ema_every=25,
+        precision="fp16",
+        per_resblock_scaling=True,
+        activation_checkpointing=True,
+        checkpoint_every=2000,
+    )

@@ -24,8 +24,7 @@ import numpy as np
 from tessera.errors import DataError
 
 if TYPE_CHECKING:
-    from tessera.sampling.pipeline import Pipeline, Samples
-    from tessera.sampling.sample import SamplingConfig
+    from tessera.pipelines.base import Samples, TextToImage
 
 __all__ = [
     "CLAIMS",
@@ -210,20 +209,19 @@ def fidelity_prompts(
 
 
 def generate_and_score(
-    pipe: Pipeline,
+    pipe: TextToImage,
     prompts: Sequence[str],
     *,
     samples_per_prompt: int = 1,
     keep: int | None = None,
-    settings: SamplingConfig | None = None,
     seed: int = 0,
+    **options: Any,
 ) -> tuple[dict[str, Any], Samples]:
     """Sample ``samples_per_prompt`` images per prompt (keeping the reranker's best ``keep``
-    when the pipeline has one) and score them; returns (metrics, samples)."""
-    from tessera.vae.images import to_uint8
+    when the pipeline has one) and score them; returns (metrics, samples). ``options`` go to
+    the pipeline's ``generate`` (DALL·E: ``settings``)."""
+    from tessera.data.images import to_uint8
 
-    out = pipe.generate(
-        list(prompts), n=samples_per_prompt, keep=keep, settings=settings, seed=seed
-    )
+    out = pipe.generate(list(prompts), n=samples_per_prompt, keep=keep, seed=seed, **options)
     pixels = to_uint8(out.images)
     return score_pairs(zip(out.prompts, np.asarray(pixels))), out

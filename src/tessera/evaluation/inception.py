@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.errors import CheckpointError
+from tessera.io import atomic_file
 
 WEIGHTS_ENV = "TESSERA_INCEPTION_WEIGHTS"
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
@@ -427,6 +428,10 @@ def load_inception(
     sd, sha = _read_checked(file)
     with torch.device("meta"):
         model = FIDInceptionV3()
+    # Fresh (aligned) storage for every tensor: safetensors' buffers may sit at offsets that
+    # steer oneDNN to other convolution kernels, so the same weights read from .safetensors
+    # and from .pth would give features differing in the last bits.
+    sd = {k: v.clone() for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     model.to(device=device, dtype=dtype).requires_grad_(False)
     model.weights_sha256 = sha
@@ -451,15 +456,10 @@ def convert_inception(src: str | os.PathLike[str], dst: str | os.PathLike[str]) 
             "choose a name without it"
         )
     sd, sha = _read_checked(src_path)
-    dst_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst_path.with_name(f".{dst_path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(dst_path) as tmp:
         save_file(
             {k: v.contiguous() for k, v in sd.items()},
             str(tmp),
             metadata={"format": "pt", "source_file": src_path.name, "source_sha256": sha},
         )
-        os.replace(tmp, dst_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dst_path

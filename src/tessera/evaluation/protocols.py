@@ -28,6 +28,7 @@ import numpy as np
 from tessera.errors import DataError
 from tessera.evaluation.features import Extractor, extract
 from tessera.evaluation.fid import frechet_distance
+from tessera.pipelines.base import TextToImage
 
 __all__ = ["ProtocolResult", "real_pairs", "run_protocol"]
 
@@ -64,7 +65,7 @@ def real_pairs(
 
 
 def _generate(
-    pipe: Any,
+    pipe: TextToImage,
     captions: Sequence[str],
     out_dir: Path,
     *,
@@ -79,15 +80,17 @@ def _generate(
     from PIL import Image
     from tqdm import tqdm
 
-    from tessera.vae.images import to_uint8
+    from tessera.data.images import to_uint8
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    keep = 1 if pipe.reranker is not None else None
-    n_draw = candidates if pipe.reranker is not None else 1
+    reranks = "rerank" in pipe.capabilities
+    keep = 1 if reranks else None
+    n_draw = candidates if reranks else 1
+    options = {} if settings is None else {"settings": settings}
     lines = []
     for s in tqdm(range(0, len(captions), batch), desc="generate", unit="batch", leave=False):
         chunk = list(captions[s : s + batch])
-        out = pipe.generate(chunk, n=n_draw, keep=keep, settings=settings, seed=seed + s)
+        out = pipe.generate(chunk, n=n_draw, keep=keep, seed=seed + s, **options)
         for j, img in enumerate(to_uint8(out.images)):
             pil = Image.fromarray(img)
             if pil.size != (image_size, image_size):
@@ -109,7 +112,7 @@ def run_protocol(
     out_dir: str | Path,
     *,
     extractor: Extractor,
-    pipeline: Any = None,
+    pipeline: TextToImage | None = None,
     samples: str | Path | None = None,
     n: int = 30_000,
     image_size: int = 256,

@@ -48,6 +48,7 @@ from tokenizers.trainers import BpeTrainer
 
 from tessera.config.text import TokenizerConfig
 from tessera.errors import ConfigError, TokenizerError
+from tessera.io import atomic_write_text
 
 __all__ = [
     "BOS",
@@ -234,9 +235,9 @@ class TextTokenizer:
         the folder's ``config.json`` belongs to a model that embeds this tokenizer."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        _write_atomic(d / TOKENIZER_FILE, self._plain.to_str(pretty=True))
+        atomic_write_text(d / TOKENIZER_FILE, self._plain.to_str(pretty=True))
         if write_config:
-            _write_atomic(d / CONFIG_FILE, self.config.to_json())
+            atomic_write_text(d / CONFIG_FILE, self.config.to_json())
         return d
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -487,9 +488,3 @@ def _config_beside(path: Path) -> TokenizerConfig:
         raise TokenizerError(f"bad tokenizer config {path}: {e}") from None
     logger.debug("%s is not a tokenizer config; using the default TokenizerConfig", path)
     return TokenizerConfig()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

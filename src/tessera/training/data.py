@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
@@ -147,3 +148,14 @@ def source_image_batches(
         )
 
     return EpochBatches(epoch)
+
+
+def pick_caption(captions: Any) -> str:
+    """One caption of an example: a string as is; of a list, one chosen by a hash of the list
+    (deterministic, so resumed runs see the same captions)."""
+    if isinstance(captions, str):
+        return captions
+    captions = list(captions)
+    if not captions:
+        return ""
+    return captions[zlib.crc32("\x00".join(captions).encode()) % len(captions)]

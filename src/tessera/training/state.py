@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tessera.checkpoint import fsync_path as _fsync
 from tessera.errors import CheckpointError
+from tessera.io import atomic_dir
 
 log = logging.getLogger("tessera.training")
 
@@ -122,8 +120,8 @@ def save_state(
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
-    try:
+    # A re-save of the same step (e.g. after a signal) replaces it.
+    with atomic_dir(final) as tmp:
         save_model(model, str(tmp / "model.safetensors"))
         if ema is not None:
             save_file({k: v.contiguous() for k, v in ema.items()}, str(tmp / "ema.safetensors"))
@@ -132,17 +130,7 @@ def save_state(
         save_file(extra_tensors, str(tmp / "extra.safetensors"))
         payload = {**meta, "step": step, "optimizer": opt_meta}
         (tmp / "trainer.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
-        for f in tmp.iterdir():
-            _fsync(f)
         (tmp / COMPLETE).write_text("ok\n")
-        _fsync(tmp / COMPLETE)
-        if final.exists():  # a re-save of the same step (e.g. after a signal): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_complete(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -43,6 +43,8 @@ from tessera.training.precision import NoScaling, autocast, make_grad_scaling
 
 log = logging.getLogger("tessera.training")
 
+# objective(model, batch, step) -> (loss, metrics); ``model`` may be DDP-wrapped, so the
+# objective calls ``model(...)`` once and reads everything it needs from the output.
 Objective = Callable[[nn.Module, Any, int], tuple[torch.Tensor, dict[str, float]]]
 SampleHook = Callable[[nn.Module, int, Path], None]
 

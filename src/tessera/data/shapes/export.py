@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import os
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from tessera.config.shapes import ShapesConfig
 from tessera.data.shapes.dataset import ShapesSource, example_key
 from tessera.data.shapes.render import render_scene
 from tessera.errors import ConfigError, DataError
+from tessera.io import atomic_file
 
 __all__ = ["ExportSummary", "encode_png", "export_shapes"]
 
@@ -119,8 +119,11 @@ def export_shapes(
     else:
         for k, lo in enumerate(range(0, n, shard_size)):
             path = out / f"shapes-{split}-{k:05d}.tar"
-            tmp = path.with_name(path.name + ".tmp")
-            with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            # a shard appears only once complete
+            with (
+                atomic_file(path) as tmp,
+                tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar,
+            ):
                 for i in range(lo, min(lo + shard_size, n)):
                     stem, png, text, meta = members(i)
                     _tar_add(tar, f"{stem}.png", png)
@@ -128,7 +131,6 @@ def export_shapes(
                     _tar_add(tar, f"{stem}.json", meta)
                     if progress is not None:
                         progress(1)
-            os.replace(tmp, path)  # a shard appears only once complete
             files += 1
             shards += 1
     return ExportSummary(

@@ -8,6 +8,7 @@ folder of pairs) and a path, brace pattern or glob ending in ``.tar`` is webdata
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "Source",
     "WebDatasetSource",
     "detect_kind",
+    "iter_captions",
     "open_source",
 ]
 
@@ -190,3 +192,21 @@ def _looks_like_shards(text: str) -> bool:
     return text.endswith(".tar") or (
         any(c in text for c in "*?[{") and text.rstrip("}").endswith(".tar")
     )
+
+
+DEFAULT_CAPTION_EXAMPLES = 10_000
+
+
+def iter_captions(source: str, n: int | None = None) -> Iterator[str]:
+    """Captions of a ``.txt`` file (one per line, stripped, blank lines skipped; the first
+    ``n`` or all) or of the first ``n`` examples of a data source spec (default 10,000)."""
+    path = Path(source)
+    if path.suffix == ".txt":
+        try:
+            with path.open(encoding="utf-8") as f:
+                yield from itertools.islice(filter(None, (line.strip() for line in f)), n)
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read captions from {path}: {e}") from None
+        return
+    for example in open_source(source, n=n if n is not None else DEFAULT_CAPTION_EXAMPLES):
+        yield from example.captions

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from tessera.config import ShapesConfig, preset
 from tessera.errors import DataError
 
-log = logging.getLogger("tessera.demo")
+log = logging.getLogger("tessera.apps.data_demo")
 
 
 def run_data_demo(

@@ -1,7 +1,8 @@
-"""What a model package hands the generic trainer: the ``Stage`` description.
+"""What a stage hands the generic trainer: the ``Stage`` description.
 
-The trainer never names a model (DESIGN rule 4): each stage module (``tessera.vae.stage``,
-later the transformer and CLIP) builds one of these, and the CLI looks stages up by name.
+The trainer never names a model and models never import the trainer (DESIGN rule 4): each
+module of ``tessera.training.stages`` binds one model to the trainer by building one of these,
+and :func:`tessera.training.stages.get_stage` looks stages up by name.
 """
 
 from __future__ import annotations
@@ -17,10 +18,7 @@ from tessera.config.base import Config
 from tessera.config.training import TrainConfig
 from tessera.training.data import BatchStream
 from tessera.training.distributed import DistContext
-
-# objective(model, batch, step) -> (loss, metrics); ``model`` may be DDP-wrapped, so the
-# objective calls ``model(...)`` once and reads everything it needs from the output.
-Objective = Callable[[nn.Module, Any, int], tuple[Any, dict[str, float]]]
+from tessera.training.trainer import Objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,3 +55,14 @@ class Stage:
     sample_hook: Callable[[Any, DataSpec], Callable[[nn.Module, int, Path], None]] | None = None
     export: Callable[[nn.Module, Any, Path, DataSpec], Path] | None = None
     needs: tuple[str, ...] = ()
+
+
+def stage_presets(kind: str) -> dict[str, Callable[[], tuple[Config, TrainConfig]]]:
+    """name -> () -> (model config, train config) for every training recipe registered in
+    :mod:`tessera.config` as ``train.<kind>`` (each paired with the model preset of its name)."""
+    from tessera.config.base import preset, preset_names
+
+    def pair(name: str) -> Callable[[], tuple[Config, TrainConfig]]:
+        return lambda: (preset(kind, name), preset(f"train.{kind}", name))
+
+    return {name: pair(name) for name in preset_names(f"train.{kind}")}

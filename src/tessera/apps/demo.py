@@ -11,6 +11,7 @@ and ``manifest.jsonl`` + PNGs, so ``tessera eval fidelity`` can re-score them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from importlib import resources
@@ -21,7 +22,7 @@ import numpy as np
 
 from tessera.errors import CheckpointError
 
-__all__ = ["DEMO_PROMPTS", "default_model_dir", "run_generation_demo"]
+__all__ = ["DEMO_PROMPTS", "default_model_dir", "default_pipeline_dir", "run_generation_demo"]
 
 # (prompt, what it exercises); held-out pairs: green triangle, blue circle, purple square.
 DEMO_PROMPTS: tuple[tuple[str, str], ...] = (
@@ -41,8 +42,13 @@ def default_model_dir() -> Path:
     return Path(str(resources.files("tessera") / "assets" / "shapes"))
 
 
+def default_pipeline_dir() -> Path:
+    """The shipped DALL·E pipeline folder (transformer, dVAE, tokenizer and its CLIP)."""
+    return default_model_dir() / "pipeline"
+
+
 def _require(path: Path, what: str) -> Path:
-    if not (path / "config.json").is_file():
+    if not ((path / "config.json").is_file() or (path / "model_index.json").is_file()):
         raise CheckpointError(
             f"no {what} at {path}; train one with `tessera train --preset shapes "
             f"--install {path.parent}` or pass --model/--clip"
@@ -58,24 +64,26 @@ def run_generation_demo(
     candidates: int = 8,
     keep: int = 4,
     seed: int = 0,
-    guidance: float = 1.0,
+    guidance: float | None = None,
 ) -> dict[str, Any]:
     """Run the demo; returns (and writes to ``summary.json``) its figures."""
     import torch
 
     from tessera.config.shapes import ShapesConfig
+    from tessera.data.images import grid_png, to_uint8
     from tessera.data.shapes import ShapesSource, check_image
-    from tessera.evaluation.report import Image, Table, Text, grid_png, write_report
-    from tessera.models.clip import load_scorer
-    from tessera.sampling.pipeline import load_pipeline, write_samples
-    from tessera.sampling.sample import SamplingConfig
-    from tessera.vae.images import to_uint8
+    from tessera.pipelines import load_pipeline, write_samples
+    from tessera.reporting.html import Image, Table, Text, write_report
 
     t0 = time.perf_counter()
-    base = default_model_dir()
-    pipe = load_pipeline(_require(Path(model) if model else base / "pipeline", "pipeline"))
-    pipe.reranker = load_scorer(_require(Path(clip) if clip else base / "clip", "CLIP model"))
-    settings = SamplingConfig(guidance=guidance)
+    path = _require(Path(model) if model else default_pipeline_dir(), "pipeline")
+    options = {} if clip is None else {"clip": _require(Path(clip), "CLIP model")}
+    pipe = load_pipeline(path, **options)
+    if "rerank" not in pipe.capabilities:
+        raise CheckpointError(f"{path} has no CLIP to rerank with; pass --clip DIR")
+    settings = pipe.settings
+    if guidance is not None:
+        settings = dataclasses.replace(settings, guidance=guidance)
     prompts = [p for p, _ in DEMO_PROMPTS]
     samples = pipe.generate(prompts, n=candidates, keep=keep, settings=settings, seed=seed)
     out = write_samples(
@@ -85,7 +93,7 @@ def run_generation_demo(
     verdicts = [bool(check_image(img, p).passed) for img, p in zip(pixels, samples.prompts)]
 
     # Image prompts: the top half of real eval images, completed from their own captions.
-    size = pipe.vae.config.image_size
+    size = pipe.image_size
     src = ShapesSource(ShapesConfig(size=size), split="eval", n=4)
     real = np.stack([src.image(i) for i in range(4)])
     captions = [src.prompt(i) for i in range(4)]

@@ -17,13 +17,11 @@ comes from the caller is HTML-escaped.
 from __future__ import annotations
 
 import base64
-import contextlib
 import html
 import io
 import math
 import numbers
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageDraw, ImageFont
+
+from tessera.data.images import grid_png, png_bytes
+from tessera.io import atomic_write_text
 
 __all__ = [
     "PALETTE",
@@ -219,87 +219,6 @@ Section = Table | Image | LinePlot | BarPlot | Text
 
 
 # ------------------------------------------------------------------------------------ images
-
-
-def _as_image_array(array: Any) -> np.ndarray:
-    a = np.asarray(array)
-    if a.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 image array, got dtype {a.dtype}")
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
-        raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image array, got shape {a.shape}")
-    if a.shape[0] == 0 or a.shape[1] == 0:
-        raise ValueError(f"empty image array of shape {a.shape}")
-    return np.ascontiguousarray(a)
-
-
-def png_bytes(array: Any) -> bytes:
-    """PNG encoding of a uint8 image array (HxWx3 RGB; HxW grey and HxWx4 RGBA also work)."""
-    buf = io.BytesIO()
-    PILImage.fromarray(_as_image_array(array)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _rgb(array: Any) -> np.ndarray:
-    a = _as_image_array(array)
-    if a.ndim == 2:
-        return np.repeat(a[:, :, None], 3, axis=2)
-    if a.shape[2] == 4:  # composite onto white
-        alpha = a[:, :, 3:4].astype(np.float32) / 255.0
-        return np.round(a[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return a
-
-
-def grid_png(
-    images: Sequence[Any],
-    ncol: int,
-    pad: int = 2,
-    captions: Sequence[str] | None = None,
-) -> bytes:
-    """PNG of equal-size uint8 tiles laid out row-major in ``ncol`` columns on white, with
-    ``pad`` white pixels between tiles and around the edge, and optionally a one-line caption
-    under each tile (cut to the tile's width)."""
-    tiles = [_rgb(im) for im in images]
-    if not tiles:
-        raise ValueError("grid_png needs at least one image")
-    h, w = tiles[0].shape[:2]
-    for i, t in enumerate(tiles):
-        if t.shape[:2] != (h, w):
-            raise ValueError(f"tile {i} is {t.shape[:2]}, expected {(h, w)} like tile 0")
-    if ncol < 1:
-        raise ValueError(f"ncol must be >= 1, got {ncol}")
-    if pad < 0:
-        raise ValueError(f"pad must be >= 0, got {pad}")
-    if captions is not None and len(captions) != len(tiles):
-        raise ValueError(f"{len(tiles)} images but {len(captions)} captions")
-    ncol = min(ncol, len(tiles))
-    nrow = -(-len(tiles) // ncol)
-    font = ImageFont.load_default(size=10) if captions is not None else None
-    cap_h = 13 if captions is not None else 0
-    cell_h = h + cap_h
-    canvas = np.full(
-        (nrow * cell_h + (nrow + 1) * pad, ncol * w + (ncol + 1) * pad, 3), 255, np.uint8
-    )
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, ncol)
-        y, x = pad + r * (cell_h + pad), pad + c * (w + pad)
-        canvas[y : y + h, x : x + w] = t
-    img = PILImage.fromarray(canvas)
-    if captions is not None:
-        draw = ImageDraw.Draw(img)
-        for i, text in enumerate(captions):
-            r, c = divmod(i, ncol)
-            y, x = pad + r * (cell_h + pad) + h + 1, pad + c * (w + pad)
-            text = str(text)
-            if draw.textlength(text, font=font) > w:
-                while text and draw.textlength(text + "…", font=font) > w:
-                    text = text[:-1]
-                text = text + "…" if text else ""
-            draw.text((x, y), text, fill=(40, 40, 40), font=font)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _image_png(src: bytes | str | os.PathLike | np.ndarray) -> bytes:
@@ -816,19 +735,5 @@ def write_report(
 ) -> Path:
     """Render and write the report atomically (a temporary file in the same directory, then
     ``os.replace``): readers see the old file or the complete new one, never a partial one."""
-    path = Path(path)
     text = render_report(title=title, sections=sections, provenance=provenance)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, text)

@@ -1,6 +1,6 @@
 """CLIP as a trainable stage: presets, data (images + tokenized captions), contrastive loss.
 
-Each example contributes one of its captions (:func:`~tessera.models.dalle_stage.pick_caption`),
+Each example contributes one of its captions (:func:`~tessera.training.data.pick_caption`),
 encoded with ``<eos>`` at the end and without BPE dropout (the text encoder reads its
 embedding at ``<eos>``, and scoring encodes prompts the same way). With DDP the embeddings of
 every rank are gathered before the loss, so each image's negatives are the whole global batch.
@@ -20,10 +20,9 @@ from tessera.config.clip import CLIPConfig
 from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
 from tessera.models.clip import CLIP, check_compatible, clip_loss, gather_features
-from tessera.models.dalle_stage import pick_caption
-from tessera.training.data import BatchStream, source_image_batches
+from tessera.training.data import BatchStream, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
-from tessera.training.stage import DataSpec, Objective, Stage
+from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
 
 
 class CaptionedImages:
@@ -139,66 +138,10 @@ def export(model: nn.Module, cfg: CLIPConfig, out_dir: Path, data: DataSpec) -> 
     return save(out_dir, config=cfg, model=model, tokenizer=tok, overwrite=True)
 
 
-def _presets() -> dict[str, Callable[[], tuple[CLIPConfig, TrainConfig]]]:
-    from tessera.config.base import preset
-
-    def tiny() -> tuple[CLIPConfig, TrainConfig]:
-        return preset("clip", "tiny"), TrainConfig(
-            steps=100,
-            batch_size=32,
-            lr=1e-3,
-            lr_schedule="warmup_cosine",
-            warmup_steps=5,
-            betas=(0.9, 0.98),
-            eps=1e-6,
-            weight_decay=0.0,
-            grad_clip=1.0,
-            checkpoint_every=50,
-        )
-
-    def shapes() -> tuple[CLIPConfig, TrainConfig]:
-        # fp32: bf16 autocast measured no faster at these widths on CPU (1.47-1.71 vs
-        # 1.55-1.94 s per update of 128 at 1 thread). 2000 updates of 64 (~25 min at 1 thread).
-        return preset("clip", "shapes"), TrainConfig(
-            steps=2000,
-            batch_size=64,
-            lr=1e-3,
-            lr_end=1e-5,
-            lr_schedule="warmup_cosine",
-            warmup_steps=100,
-            betas=(0.9, 0.98),
-            eps=1e-6,
-            weight_decay=0.1,
-            grad_clip=1.0,
-            checkpoint_every=500,
-            sample_every=500,
-        )
-
-    def vit_b_32() -> tuple[CLIPConfig, TrainConfig]:
-        # CLIP paper §2.5 / App. F: 32 epochs of 400M pairs at a global batch of 32768 (here
-        # 256 per process on 128 processes), AdamW (0.9, 0.98, eps 1e-6, decay 0.2), lr 5e-4
-        # with 2000 warm-up updates then cosine to 0, mixed precision.
-        return preset("clip", "vit-b-32"), TrainConfig(
-            steps=390_625,
-            batch_size=256,
-            lr=5e-4,
-            lr_schedule="warmup_cosine",
-            warmup_steps=2000,
-            betas=(0.9, 0.98),
-            eps=1e-6,
-            weight_decay=0.2,
-            grad_clip=0.0,
-            precision="fp16",
-            checkpoint_every=2000,
-        )
-
-    return {"tiny": tiny, "shapes": shapes, "vit-b-32": vit_b_32}
-
-
 STAGE = Stage(
     name="clip",
     model_config_cls=CLIPConfig,
-    presets=_presets(),
+    presets=stage_presets("clip"),
     build_model=build_model,
     objective=make_objective,
     make_batches=make_batches,

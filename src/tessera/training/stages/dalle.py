@@ -10,7 +10,6 @@ classifier-free guidance needs.
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,20 +21,10 @@ from tessera.config.dalle import DalleConfig
 from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
 from tessera.models.dalle import DALLE, empty_text, prepare_text, warn_truncated
-from tessera.training.data import BatchStream, source_image_batches
+from tessera.pipelines.dalle import DallePipeline, check_compatible, export_checkpoint
+from tessera.training.data import BatchStream, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
-from tessera.training.stage import DataSpec, Objective, Stage
-
-
-def pick_caption(captions: Any) -> str:
-    """One caption of an example: a string as is; of a list, one chosen by a hash of the list
-    (deterministic, so resumed runs see the same captions)."""
-    if isinstance(captions, str):
-        return captions
-    captions = list(captions)
-    if not captions:
-        return ""
-    return captions[zlib.crc32("\x00".join(captions).encode()) % len(captions)]
+from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
 
 
 class TokenBatches:
@@ -87,22 +76,6 @@ def load_frozen(cfg: DalleConfig, data: DataSpec) -> tuple[nn.Module, Any]:
     return vae, tok
 
 
-def check_compatible(cfg: DalleConfig, vae: Any, tokenizer: Any) -> None:
-    """One-line errors when the dVAE or tokenizer does not fit the transformer's config."""
-    vc = vae.config
-    if vc.vocab_size != cfg.image_vocab or vc.grid_size != cfg.grid_size:
-        raise ConfigError(
-            f"the dVAE makes {vc.grid_size}x{vc.grid_size} tokens of {vc.vocab_size} codes; the "
-            f"transformer expects {cfg.grid_size}x{cfg.grid_size} of {cfg.image_vocab} "
-            f"(set model.grid_size / model.image_vocab)"
-        )
-    if tokenizer.vocab_size > cfg.text_vocab:
-        raise ConfigError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens; the transformer's text vocabulary "
-            f"holds {cfg.text_vocab} (set model.text_vocab)"
-        )
-
-
 def make_batches(
     cfg: DalleConfig, train: TrainConfig, data: DataSpec, ctx: DistContext
 ) -> BatchStream:
@@ -140,13 +113,12 @@ def make_sample_hook(cfg: DalleConfig, data: DataSpec) -> Callable[[nn.Module, i
     assets: dict[str, Any] = {}
 
     def hook(model: nn.Module, step: int, out_dir: Path) -> None:
+        from tessera.data.images import save_grid, to_uint8
         from tessera.evaluation.fidelity import fidelity_prompts, generate_and_score
-        from tessera.sampling.pipeline import Pipeline, save_grid
-        from tessera.vae.images import to_uint8
 
         if not assets:
             assets["vae"], assets["tok"] = load_frozen(cfg, data)
-        pipe = Pipeline(model=model, vae=assets["vae"], tokenizer=assets["tok"])
+        pipe = DallePipeline(model=model, vae=assets["vae"], tokenizer=assets["tok"])
         report, samples = generate_and_score(pipe, fidelity_prompts(16), seed=0)
         save_grid(to_uint8(samples.images), samples.prompt_index, out_dir / "samples.png")
         with (out_dir.parent / "eval.jsonl").open("a") as f:
@@ -162,74 +134,15 @@ def build_model(cfg: DalleConfig) -> DALLE:
 def export(model: nn.Module, cfg: DalleConfig, out_dir: Path, data: DataSpec) -> Path:
     """A generation-ready directory: the transformer + its tokenizer, and the dVAE in ``vae/``."""
     from tessera.checkpoint import load
-    from tessera.sampling.pipeline import save_pipeline
 
     vae, tok = load(data.vae, kind="vae"), load(data.tokenizer, kind="tokenizer")
-    return save_pipeline(out_dir, model=model, vae=vae, tokenizer=tok)
-
-
-def _presets() -> dict[str, Callable[[], tuple[DalleConfig, TrainConfig]]]:
-    from tessera.config.base import preset
-
-    def tiny() -> tuple[DalleConfig, TrainConfig]:
-        return preset("dalle", "tiny"), TrainConfig(
-            steps=20,
-            batch_size=4,
-            lr=1e-3,
-            lr_schedule="warmup_cosine",
-            warmup_steps=2,
-            weight_decay=0.0,
-            checkpoint_every=10,
-        )
-
-    def shapes() -> tuple[DalleConfig, TrainConfig]:
-        # bf16 autocast (AMX matmuls); 4000 updates of 32 examples (d 192 x 8 layers: 3.7M
-        # parameters, a few MB as shipped in fp16).
-        return preset("dalle", "shapes"), TrainConfig(
-            steps=4000,
-            batch_size=32,
-            lr=1e-3,
-            lr_end=1e-5,
-            lr_schedule="warmup_cosine",
-            warmup_steps=200,
-            betas=(0.9, 0.96),
-            weight_decay=4.5e-2,
-            grad_clip=4.0,
-            ema_decay=0.99,
-            ema_every=1,
-            precision="bf16",
-            checkpoint_every=500,
-            sample_every=500,
-        )
-
-    def dalle_12b() -> tuple[DalleConfig, TrainConfig]:
-        # App. B.2: batch 1024, warm-up to 4.5e-4 over 5k updates, halved 5 times; AdamW
-        # (0.9, 0.96, decay 4.5e-2), clip 4, EMA 0.99 every 25; fp16 with per-resblock scales.
-        return preset("dalle", "dalle-12b"), TrainConfig(
-            steps=430_000,
-            batch_size=1,
-            lr=4.5e-4,
-            lr_schedule="halvings",
-            warmup_steps=5000,
-            lr_milestones=(210_000, 265_000, 310_000, 370_000, 400_000),
-            betas=(0.9, 0.96),
-            weight_decay=4.5e-2,
-            grad_clip=4.0,
-            ema_decay=0.99,
-            ema_every=25,
-            precision="fp16",
-            per_resblock_scaling=True,
-            activation_checkpointing=True,
-            checkpoint_every=2000,
-        )
-
-    return {"tiny": tiny, "shapes": shapes, "dalle-12b": dalle_12b}
+    return export_checkpoint(out_dir, model=model, vae=vae, tokenizer=tok)
 
 
 STAGE = Stage(
     name="dalle",
     model_config_cls=DalleConfig,
-    presets=_presets(),
+    presets=stage_presets("dalle"),
     build_model=build_model,
     objective=make_objective,
     make_batches=make_batches,
