@@ -33,6 +33,8 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	# the import layers of DESIGN.md (pyproject.toml [tool.importlinter]), function-level imports too
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks

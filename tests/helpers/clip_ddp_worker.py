@@ -28,7 +28,7 @@ STEPS = 3
 
 
 def model_config() -> Any:
-    from tessera.config.base import preset
+    from tessera.config.presets import preset
 
     return preset("clip", "tiny")
 

@@ -25,7 +25,7 @@ def setup(tmp_path_factory):
 
     # an untrained tiny DALL-E pipeline to rerank (its samples need not look like anything)
     from tessera import checkpoint
-    from tessera.config.base import preset
+    from tessera.config.presets import preset
     from tessera.models.dalle import DALLE
     from tessera.pipelines.dalle import export_checkpoint
     from tessera.training.stages.vae import STAGE as VAE_STAGE

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from tessera.config.base import preset
 from tessera.config.clip import CLIPConfig
+from tessera.config.presets import preset
 from tessera.errors import ConfigError
 from tessera.evaluation.retrieval import recall_at_k
 from tessera.models.clip import (

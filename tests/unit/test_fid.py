@@ -9,6 +9,7 @@ import types
 import numpy as np
 import pytest
 
+from helpers.references import missing_reference
 from tessera.errors import DataError
 from tessera.evaluation.fid import (
     FeatureStats,
@@ -30,7 +31,7 @@ def reference_fid():
     imports it (and its Inception) at import time, so both are stubbed for the import."""
     spec = importlib.util.find_spec("pytorch_fid")
     if spec is None or spec.submodule_search_locations is None:
-        pytest.skip("pytorch-fid is not installed (test-only dependency)")
+        missing_reference("pytorch-fid")
     saved = {
         k: sys.modules.get(k)
         for k in (

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from helpers.eval_fixtures import random_inception_state_dict
+from helpers.references import missing_reference
 from tessera.errors import CheckpointError
 from tessera.evaluation.inception import (
     WEIGHTS_ENV,
@@ -32,7 +33,7 @@ def tfid():
     modules, imported without running the package ``__init__``; sys.modules restored after."""
     spec = importlib.util.find_spec("torch_fidelity")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("torch_fidelity (test-only reference) is not installed")
+        missing_reference("torch-fidelity")
     saved = {k: v for k, v in sys.modules.items() if k.split(".")[0] == "torch_fidelity"}
     pkg = types.ModuleType("torch_fidelity")
     pkg.__path__ = list(spec.submodule_search_locations)

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers.references import missing_reference
 from tessera.config.vae import VAEConfig
 from tessera.errors import CheckpointError, UnsafeCheckpointError
 from tessera.vae.convert import (
@@ -24,9 +25,12 @@ from tessera.vae.convert import (
 from tessera.vae.model import DiscreteVAE
 from tessera.vae.pixels import map_pixels
 
-dall_e_encoder = pytest.importorskip("dall_e.encoder")
-dall_e_decoder = pytest.importorskip("dall_e.decoder")
-dall_e_utils = pytest.importorskip("dall_e.utils")
+try:
+    import dall_e.decoder as dall_e_decoder
+    import dall_e.encoder as dall_e_encoder
+    import dall_e.utils as dall_e_utils
+except ImportError:
+    missing_reference("dall-e", module_level=True)
 
 TOL = 1e-5
 

@@ -19,8 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from tessera.config.base import preset
-    from tessera.config.components import dalle  # noqa: F401  (registers the presets)
+    from tessera.config.presets import preset
     from tessera.models.dalle import count_parameters
     from tessera.nn.masks import layer_kinds
 

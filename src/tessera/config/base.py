@@ -224,33 +224,3 @@ def register_preset(kind: str, name: str) -> Callable[[Callable[[], C]], Callabl
         return fn
 
     return deco
-
-
-def preset(kind: str, name: str) -> Config:
-    """Build the named preset of a config kind; unknown names give a one-line error."""
-    _load_builtin_presets()
-    table = _PRESETS.get(kind)
-    if not table:
-        raise ConfigError(
-            f"no presets for config kind {kind!r}; kinds: {', '.join(preset_kinds())}"
-        )
-    if name not in table:
-        raise ConfigError(
-            f"unknown {kind} preset {name!r}; choose from: {', '.join(sorted(table))}"
-        )
-    return table[name]()
-
-
-def preset_names(kind: str) -> list[str]:
-    _load_builtin_presets()
-    return sorted(_PRESETS.get(kind, {}))
-
-
-def preset_kinds() -> list[str]:
-    _load_builtin_presets()
-    return sorted(_PRESETS)
-
-
-def _load_builtin_presets() -> None:
-    # Importing the modules that declare configs registers their presets.
-    import tessera.config.components  # noqa: F401

@@ -60,7 +60,7 @@ class Stage:
 def stage_presets(kind: str) -> dict[str, Callable[[], tuple[Config, TrainConfig]]]:
     """name -> () -> (model config, train config) for every training recipe registered in
     :mod:`tessera.config` as ``train.<kind>`` (each paired with the model preset of its name)."""
-    from tessera.config.base import preset, preset_names
+    from tessera.config.presets import preset, preset_names
 
     def pair(name: str) -> Callable[[], tuple[Config, TrainConfig]]:
         return lambda: (preset(kind, name), preset(f"train.{kind}", name))
