@@ -3,8 +3,8 @@
     python benchmarks/eval_vae_shapes.py RUN_DIR/final [--n 1000] [--batch 100] [--threads 2]
 
 Every eval image i (first ``n`` of the split, rendered at the model's image size) goes through
-argmax encode + mean decode (``model.encode`` / ``model.decode``); the reconstruction is
-rounded to uint8 and scored against the original:
+argmax encode + median decode (``model.encode`` / ``model.decode``: sigmoid(mu)); the
+reconstruction is rounded to uint8 and scored against the original:
 
 - ``psnr_db_mean`` / ``psnr_db_median``: PSNR per image (uint8 vs uint8, peak 255).
 - ``checker_pass_rate``: fraction of reconstructions that pass ``check_image`` for the image's

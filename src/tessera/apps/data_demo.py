@@ -1,10 +1,11 @@
-"""The embedded-default demo: the data pipeline end to end on the built-in ``shapes`` set.
+"""The data-pipeline demo (``tessera demo --data``) on the built-in ``shapes`` set.
 
-Until the generation pipeline lands, ``make demo`` runs this: render ``shapes`` examples,
-export them as a folder of pairs, read them back through the same folder source real data
-uses (with bad-sample accounting), train the BPE tokenizer on the captions, save and reload it
-as a checkpoint, encode every caption, and check every image against each of its canonical
-captions with the shapes checker. Everything lands in ``out_dir``.
+``make demo`` generates images (:mod:`tessera.apps.demo`); this one shows the data side:
+render ``shapes`` examples, export them as a folder of pairs, read them back through the same
+folder source real data uses (with bad-sample accounting), train the BPE tokenizer on the
+captions, save and reload it as a checkpoint, encode every caption, and check every image
+against each of its canonical captions with the shapes checker. Everything lands in
+``out_dir``.
 """
 
 from __future__ import annotations

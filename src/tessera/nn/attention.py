@@ -4,9 +4,8 @@
   dense boolean mask of :mod:`tessera.nn.masks`. Backward works on every device.
 - ``flex`` (CUDA training and prefill; ``auto``, the default, picks it on CUDA): compiled
   FlexAttention with a ``BlockMask`` built once per (mask kind, text_len, grid width,
-  sequence length, device) and cached. FlexAttention has no backward on CPU
-  (``../shared/reference/reliability.md`` §4); on CPU ``flex`` is only used by the parity
-  test, in eager mode without gradients.
+  sequence length, device) and cached. FlexAttention has no backward on CPU (torch 2.13), so
+  on CPU ``flex`` is only used by the parity test, in eager mode without gradients.
 
 Incremental decoding uses the dense mask's matching row against the cached keys (so the
 sparse pattern is respected while caching): written out on CPU for one-query steps, SDPA

@@ -1,8 +1,9 @@
 """CLIP as a trainable stage: presets, data (images + tokenized captions), contrastive loss.
 
 Each example contributes one of its captions (:func:`~tessera.training.data.pick_caption`),
-encoded with ``<eos>`` at the end and without BPE dropout (the text encoder reads its
-embedding at ``<eos>``, and scoring encodes prompts the same way). With DDP the embeddings of
+encoded with ``<eos>`` at the end (the text encoder reads its embedding at ``<eos>``) and
+with the tokenizer's BPE dropout, as the transformer's captions are; scoring encodes prompts
+the same way but without dropout (``train=False``). With DDP the embeddings of
 every rank are gathered before the loss, so each image's negatives are the whole global batch.
 """
 

@@ -116,7 +116,7 @@ def heldout_images(cfg: VAEConfig, n: int = 32) -> torch.Tensor:
 
 @torch.no_grad()
 def reconstruct(model: DiscreteVAE, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(tokens (B, h, w), reconstructions (B, 3, H, W)) through argmax encode + mean decode."""
+    """(tokens (B, h, w), reconstructions (B, 3, H, W)): argmax encode, median decode."""
     tokens = model.encode(images)
     return tokens, model.decode(tokens)
 
