@@ -21,7 +21,7 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ("eval", "evaluate images from files: FID, IS, CLIP score, caption fidelity", ["eval"]),
 ]
 # Top-level commands: modules whose ``register(subparsers)`` add one command each.
-COMMANDS: list[str] = ["train_all", "generate", "demo"]
+COMMANDS: list[str] = ["train_all", "generate", "demo", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

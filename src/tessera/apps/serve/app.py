@@ -1,0 +1,255 @@
+"""The FastAPI application: JSON API, progress as server-sent events, the page, offline docs.
+
+Routes: ``GET /`` (the page), ``GET /healthz``, ``POST /api/generate`` (JSON),
+``POST /api/complete`` (multipart: image + prompt + rows kept), ``GET /openapi.json`` and
+``GET /docs`` (rendered from the OpenAPI JSON by a script in the package: no CDN). Send
+``Accept: text/event-stream`` to either POST route to get ``progress`` events and then one
+``result`` (or ``error``) event instead of a single JSON answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from tessera._version import __version__
+from tessera.apps.serve.config import ServeConfig
+from tessera.apps.serve.middleware import LimitsMiddleware
+from tessera.apps.serve.service import (
+    Params,
+    RequestError,
+    check_params,
+    decode_image,
+    describe,
+    install_warning_capture,
+    load_models,
+    run_generation,
+)
+from tessera.apps.serve.slots import Busy, ModelSlot, TimeLimit
+
+__all__ = ["create_app", "static_dir"]
+
+
+def static_dir() -> Path:
+    """The page's files, shipped in the package."""
+    return Path(str(resources.files("tessera.apps.serve") / "static"))
+
+
+class GenerateRequest(BaseModel):
+    """A text-to-image request. Omitted fields take the model's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="what to draw; cut (with a warning) past the limit")
+    model: str | None = Field(None, description="a name from /healthz (default: the first)")
+    n: int = Field(4, description="images returned")
+    candidates: int | None = Field(
+        None, description="samples drawn, reranked by CLIP, best n kept (default: n)"
+    )
+    guidance: float | None = Field(None, description="classifier-free guidance scale")
+    seed: int | None = Field(None, description="same seed, same images (default: random)")
+    steps: int | None = Field(None, description="denoising steps (diffusion models only)")
+
+
+def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+def create_app(config: ServeConfig | None = None, *, pipelines: dict[str, Any] | None = None):  # noqa: ANN201
+    """The app serving ``pipelines`` (default: load ``config.models``)."""
+    config = config or ServeConfig()
+    models = pipelines if pipelines is not None else load_models(config.models)
+    slots = {
+        name: ModelSlot(name, queue_size=config.queue_size, timeout_s=config.request_timeout_s)
+        for name in models
+    }
+    install_warning_capture()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        for slot in slots.values():
+            slot.close()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="tessera serve",
+        version=__version__,
+        description="Text-to-image generation with the loaded tessera pipelines.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.config, app.state.models, app.state.slots = config, models, slots
+    app.add_middleware(LimitsMiddleware, max_body_bytes=config.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
+        msg = f"{where}: {first.get('msg', 'invalid request')}"
+        if first.get("type") == "json_invalid":
+            msg = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
+        return JSONResponse(
+            {"detail": msg, "errors": json.loads(json.dumps(errs, default=str))}, 422
+        )
+
+    @app.get("/healthz", summary="Status and the loaded models with what each supports")
+    def healthz() -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "version": __version__,
+            "models": [
+                {**describe(name, pipe), "pending": slots[name].pending}
+                for name, pipe in models.items()
+            ],
+            "limits": {
+                "max_body_bytes": config.max_body_bytes,
+                "max_image_pixels": config.max_image_pixels,
+                "image_formats": list(config.image_formats),
+                "max_prompt_chars": config.max_prompt_chars,
+                "max_n": config.max_n,
+                "max_candidates": config.max_candidates,
+                "max_steps": config.max_steps,
+                "queue_size": config.queue_size,
+                "request_timeout_s": config.request_timeout_s,
+            },
+        }
+
+    @app.post(
+        "/api/generate",
+        summary="Text to images",
+        description=(
+            "Images as base64 PNG, best CLIP score first when the model reranks, each with "
+            "its CLIP score and, for prompts the shapes checker understands, its verdict per "
+            "claim. 413: body too large; 422: a limit or an invalid field (the message names "
+            "the cap); 429 + Retry-After: the model's queue is full; 504: past the time limit. "
+            "With `Accept: text/event-stream`: progress events, then a result or error event."
+        ),
+    )
+    async def generate(body: GenerateRequest, request: Request) -> Any:
+        try:
+            p = check_params(config, models, **body.model_dump())
+        except RequestError as e:
+            return _error(e.status, str(e))
+        pipe = models[p.model]
+        return await _submit(request, p, lambda: run_generation(pipe, p))
+
+    @app.post(
+        "/api/complete",
+        summary="Image-prompt completion (DALL·E)",
+        description=(
+            "Keeps the top `keep_rows` rows of the uploaded image's token grid and lets the "
+            "model draw the rest from the prompt. The image is resized (shorter side) and "
+            "centre-cropped to the model's size; formats and pixel count are limited (400). "
+            "Other answers as /api/generate."
+        ),
+    )
+    async def complete(
+        request: Request,
+        image: UploadFile = File(..., description="PNG, JPEG, WebP, GIF or BMP"),  # noqa: B008
+        prompt: str = Form(...),
+        keep_rows: int | None = Form(None, description="token rows kept (default: half)"),
+        model: str | None = Form(None),
+        n: int = Form(1),
+        candidates: int | None = Form(None),
+        guidance: float | None = Form(None),
+        seed: int | None = Form(None),
+    ) -> Any:
+        try:
+            p = check_params(
+                config, models, model=model, prompt=prompt, n=n, candidates=candidates,
+                guidance=guidance, seed=seed, steps=None,
+            )  # fmt: skip
+            pipe = models[p.model]
+            rows = describe(p.model, pipe).get("image_prompt_rows")
+            if rows is None:
+                raise RequestError(422, f"model {p.model!r} does not take image prompts")
+            keep = rows // 2 if keep_rows is None else keep_rows
+            if not 1 <= keep <= rows - 1:
+                raise RequestError(
+                    422, f"keep_rows must be between 1 and {rows - 1} (the grid has {rows} rows)"
+                )
+            x = decode_image(await image.read(), config, pipe.image_size)
+        except RequestError as e:
+            return _error(e.status, str(e))
+        finally:
+            await image.close()
+        return await _submit(request, p, lambda: _complete(pipe, p, x, keep))
+
+    async def _submit(request: Request, p: Params, fn: Callable[[], dict[str, Any]]) -> Any:
+        slot = slots[p.model]
+        try:
+            job = slot.submit(fn, cost=p.candidates)
+        except Busy as e:
+            return _error(429, str(e), {"Retry-After": str(e.retry_after)})
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return StreamingResponse(
+                _events(slot, job),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
+        try:
+            return await slot.wait(job)
+        except TimeLimit as e:
+            return _error(504, str(e))
+        except RequestError as e:
+            return _error(e.status, str(e))
+
+    async def _events(slot: ModelSlot, job: Any) -> AsyncIterator[str]:
+        waiter = asyncio.ensure_future(slot.wait(job))
+        try:
+            while True:
+                yield _sse("progress", slot.progress(job))
+                done, _ = await asyncio.wait({waiter}, timeout=0.25)
+                if done:
+                    break
+            try:
+                yield _sse("result", waiter.result())
+            except TimeLimit as e:
+                yield _sse("error", {"status": 504, "detail": str(e)})
+            except RequestError as e:
+                yield _sse("error", {"status": e.status, "detail": str(e)})
+        finally:
+            waiter.cancel()
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(static_dir() / "docs.html")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(static_dir() / "index.html")
+
+    app.mount("/static", StaticFiles(directory=static_dir()), name="static")
+    return app
+
+
+def _complete(pipe: Any, p: Params, x: Any, keep_rows: int) -> dict[str, Any]:
+    """Image-prompt completion; the answer also shows what the model was given."""
+    import base64
+
+    from tessera.data.images import png_bytes, to_uint8
+
+    out = run_generation(pipe, p, image_prompt=x, keep_rows=keep_rows)
+    given = to_uint8(x)[0].copy()
+    grid = describe(p.model, pipe)["image_prompt_rows"]
+    given[keep_rows * given.shape[0] // grid :] = 255
+    out["keep_rows"] = keep_rows
+    out["given"] = base64.b64encode(png_bytes(given)).decode("ascii")
+    return out
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
