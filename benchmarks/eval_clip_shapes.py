@@ -22,7 +22,10 @@ Fields:
   colour-shape pair is / is not in ``ShapesConfig.held_out``, the default list: the checkpoint
   does not record what its training held out). ``n_single`` / ``n_single_held_out`` count the
   images; ``scanned`` is how many eval examples were read to find them.
-- ``retrieval``: the first ``n_pairs`` (``--n``) eval examples (one- and two-object), image
+- ``classification["relation"]``: the first ``n`` two-object eval images; the candidates are
+  the image's canonical prompt with each of the 4 relations (same objects, same order).
+- ``retrieval``: the first ``n_pairs`` (``--pairs``, default 256) eval examples (one- and
+  two-object), image
   ``i`` paired with its canonical prompt ``i``. ``i2t_r1`` / ``i2t_r5`` / ``t2i_r1`` /
   ``t2i_r5`` count a retrieved item as correct when its prompt *text* equals the query's true
   prompt (identical canonical prompts are the same text, so retrieving a twin is right);
@@ -62,7 +65,8 @@ if (ROOT / "src").is_dir():
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", help="CLIP checkpoint directory (tessera clip train: RUN/final)")
-    ap.add_argument("--n", type=int, default=1000, help="one-object images and retrieval pairs")
+    ap.add_argument("--n", type=int, default=1000, help="images per zero-shot classification")
+    ap.add_argument("--pairs", type=int, default=256, help="retrieval candidates (default 256)")
     ap.add_argument("--batch", type=int, default=64, help="images or texts per forward pass")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="shapes data seed (ShapesConfig.seed)")
@@ -190,8 +194,42 @@ def main() -> None:
                 "candidates": n_cand[name],
             }
 
+        # -- relation: two-object scenes, the 4 relations between the same two objects ---------
+        from tessera.data.shapes import RELATIONS
+
+        doubles, double_scenes = [], []
+        for i in itertools.count():
+            if len(doubles) == args.n:
+                break
+            scene = src.scene(i)
+            if scene.relation is not None:
+                doubles.append(i)
+                double_scenes.append(scene)
+        rel_prompts = [
+            canonical_prompt(dataclasses.replace(sc, relation=r))
+            for sc in double_scenes
+            for r in RELATIONS
+        ]
+        rel_emb = embed_texts(rel_prompts).view(len(doubles), len(RELATIONS), -1)
+        rel_sim = torch.einsum("nd,nrd->nr", embed_images(doubles), rel_emb)  # (n, 4)
+        rel_hits, rel_held = [], []
+        for r, sc in enumerate(double_scenes):
+            true_j = RELATIONS.index(sc.relation)
+            assert rel_prompts[r * len(RELATIONS) + true_j] == canonical_prompt(sc)
+            rel_hits.append(correct(rel_sim[r], true_j, list(range(len(RELATIONS)))))
+            rel_held.append(any((o.color, o.shape) in held_out for o in sc.objects))
+        arr, rheld = np.array(rel_hits, dtype=bool), np.array(rel_held, dtype=bool)
+        classification["relation"] = {
+            "acc": mean(arr),
+            "acc_seen": mean(arr[~rheld]),
+            "acc_held_out": mean(arr[rheld]),
+            "chance": round(1.0 / len(RELATIONS), 4),
+            "candidates": len(RELATIONS),
+            "n": len(doubles),
+        }
+
         # -- retrieval over the first n eval pairs --------------------------------------------
-        pairs = list(range(args.n))
+        pairs = list(range(args.pairs))
         prompts = [src.prompt(i) for i in pairs]
         distinct = list(dict.fromkeys(prompts))
         index = {p: j for j, p in enumerate(distinct)}
@@ -208,7 +246,7 @@ def main() -> None:
             wrong_ahead = ((s >= best[:, None]) & ~same).sum(1)
             return round(float((wrong_ahead < k).float().mean()), 4)
 
-        retrieval: dict[str, float | int] = {"n_pairs": args.n}
+        retrieval: dict[str, float | int] = {"n_pairs": args.pairs}
         for k in (1, 5):
             i2t, t2i = recall_at_k(sim, k)
             retrieval[f"i2t_r{k}"] = text_recall(sim, k)
@@ -216,10 +254,10 @@ def main() -> None:
             retrieval[f"strict_i2t_r{k}"] = round(i2t, 4)
             retrieval[f"strict_t2i_r{k}"] = round(t2i, 4)
         twinned = int((same.sum(1) > 1).sum())
-        retrieval["duplicate_prompts"] = args.n - len(distinct)
+        retrieval["duplicate_prompts"] = args.pairs - len(distinct)
         retrieval["twinned_queries"] = twinned
-        retrieval["strict_r1_ceiling"] = round(1.0 - twinned / args.n, 4)
-        retrieval["chance_r1"] = round(1.0 / args.n, 6)
+        retrieval["strict_r1_ceiling"] = round(1.0 - twinned / args.pairs, 4)
+        retrieval["chance_r1"] = round(1.0 / args.pairs, 6)
 
     embed_s = timer["image_s"] + timer["text_s"]
     report = {

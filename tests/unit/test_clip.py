@@ -324,3 +324,68 @@ def test_rerank_sorts_each_prompt_best_first_and_keeps_the_best_k() -> None:
     assert out.scores == pytest.approx([0.9, 0.5, 0.1, 0.8, 0.3, 0.2])
     best = rerank(samples, reranker, 3, keep=1)
     assert best.images[:, 0, 0, 0].tolist() == [1, 5] and best.prompt_index == [0, 1]
+
+
+def test_loss_with_negatives_by_hand_and_without_any_equals_clip_loss() -> None:
+    from tessera.models.clip import clip_loss_with_negatives
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    txt = torch.nn.functional.normalize(torch.randn(4, 8, generator=g), dim=-1)
+    neg = torch.nn.functional.normalize(torch.randn(4, 3, 8, generator=g), dim=-1)
+    none = torch.zeros(4, 3, dtype=torch.bool)
+    assert torch.allclose(
+        clip_loss_with_negatives(img, txt, neg, none, 10.0), clip_loss(img, txt, 10.0)
+    )
+    mask = torch.tensor([[True, False, True]] * 4)
+    got = clip_loss_with_negatives(img, txt, neg, mask, 10.0)
+    i2t = 0.0
+    for i in range(4):
+        row = [10.0 * img[i] @ txt[j] for j in range(4)]
+        row += [10.0 * img[i] @ neg[i, m] for m in (0, 2)]
+        i2t += -torch.log_softmax(torch.stack(row), 0)[i]
+    t2i = torch.nn.functional.cross_entropy(10.0 * txt @ img.t(), torch.arange(4))
+    assert torch.allclose(got, (i2t / 4 + t2i) / 2, atol=1e-6)
+    # a negative closer to the image than its caption raises the loss
+    hard = neg.clone()
+    hard[:, 0] = img
+    assert clip_loss_with_negatives(img, txt, hard, mask, 10.0) > got
+
+
+def test_text_features_ignore_columns_after_the_last_eos() -> None:
+    model = CLIP(preset("clip", "tiny")).eval()
+    cfg = model.config
+    ids = torch.zeros(2, cfg.context_length, dtype=torch.long)
+    ids[0, :3] = torch.tensor([5, 6, cfg.eos_id])
+    ids[1, :5] = torch.tensor([7, 8, 9, 10, cfg.eos_id])
+    other = ids.clone()
+    other[:, 6:] = 11  # different padding after every <eos>
+    with torch.no_grad():
+        a, b = model.text_features(ids), model.text_features(other)
+        alone = model.text_features(ids[:1])  # trimmed to 3 columns instead of 5
+    assert torch.allclose(a, b) and torch.allclose(a[:1], alone, atol=1e-5)
+
+
+def test_hard_negative_batches_are_canonical_and_masked() -> None:
+    from tessera.config.text import TokenizerConfig
+    from tessera.text import TextTokenizer
+    from tessera.training.stages.clip import CaptionedImages
+
+    caps = [
+        ["a red circle", "a round red thing"],
+        ["a blue square to the left of a red triangle"],
+        ["a drawing of nothing canonical"],
+    ]
+    tok = TextTokenizer.train([c for cs in caps for c in cs] * 20, TokenizerConfig(vocab_size=300))
+    stream = iter([{"images": torch.zeros(3, 3, 8, 8), "captions": caps}] * 2)
+    batch = next(CaptionedImages(stream, tok, hard_negatives=4))
+    assert batch["negatives"].shape[0] == 12 and batch["negative_mask"].shape == (3, 4)
+    assert batch["negative_mask"][:2].all() and not batch["negative_mask"][2].any()
+    text = [tok.decode(row.tolist()) for row in batch["text"]]
+    assert "round" not in text[0]  # the canonical caption is the positive
+    again = next(CaptionedImages(stream, tok, hard_negatives=4))
+
+    def texts(b: dict) -> list[str]:  # ids differ with BPE dropout; the texts may not
+        return [tok.decode(row.tolist()) for row in b["negatives"]]
+
+    assert texts(again) == texts(batch)  # a function of the example's captions

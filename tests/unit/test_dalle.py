@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tessera.config.dalle import DalleConfig
+from tessera.config.presets import preset
 from tessera.models.dalle import DALLE, count_parameters, empty_text, prepare_text
 from tessera.nn.attention import MaskSpec, SelfAttention
 
@@ -168,3 +169,16 @@ def test_written_out_attention_equals_sdpa() -> None:
     mask = attention_mask("row", 3, 4, 4)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert torch.allclose(masked_attention(q, k, v, mask), ref, atol=1e-12)
+
+
+def test_position_embeddings_are_exempt_from_weight_decay() -> None:
+    from tessera.training.optim import no_decay_names, param_groups
+
+    model = DALLE(preset("dalle", "tiny"))
+    exempt = no_decay_names(model)
+    assert {"text_pos", "row_pos", "col_pos", "text_emb.weight", "image_emb.weight"} <= exempt
+    decayed = {
+        id(p) for g in param_groups(model, 0.1) if g["weight_decay"] > 0 for p in g["params"]
+    }
+    assert id(model.text_pos) not in decayed and id(model.row_pos) not in decayed
+    assert id(model.blocks[0].mlp.fc.weight) in decayed

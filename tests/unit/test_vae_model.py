@@ -205,3 +205,73 @@ def test_channels_last_and_contiguous_inputs_agree():
     a = model.encoder(x)
     b = model.encoder(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(a, b, atol=1e-5)
+
+
+# ------------------------------------------------------------------ beyond the paper (shapes)
+
+
+def test_straight_through_decoder_reads_one_hot_codes_and_grads_reach_the_encoder():
+    import dataclasses
+
+    from tessera.vae.model import Decoder
+
+    cfg = dataclasses.replace(_model().config, straight_through=True)
+    model = DiscreteVAE(cfg)
+    seen = []
+    hook = model.decoder.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach()))
+    x = map_pixels(_images(2))
+    _, mu, ln_b = model(x, temperature=1.0)
+    hook.remove()
+    z = seen[0]
+    assert torch.equal(z.sum(1), torch.ones_like(z.sum(1))) and set(z.unique().tolist()) <= {0, 1}
+    logit_laplace_nll(x, mu, ln_b).mean().backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert isinstance(model.decoder, Decoder)
+
+
+def test_marginal_kl_is_zero_for_uniform_use_and_log_k_for_one_code():
+    import math
+
+    from tessera.vae.losses import kl_marginal_to_uniform
+
+    k = 8
+    onehots = torch.eye(k)[None, :, :, None].expand(2, k, k, 1) * 50.0  # every code once
+    assert abs(float(kl_marginal_to_uniform(onehots))) < 1e-4
+    one = torch.zeros(2, k, 3, 3)
+    one[:, 0] = 50.0  # every position picks code 0
+    assert abs(float(kl_marginal_to_uniform(one)) - math.log(k)) < 1e-4
+
+
+def test_vq_codebook_tokens_decode_and_training_keeps_codes_alive():
+    import dataclasses
+
+    from tessera.training.stages.vae import vq_loss
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(_model().config, quantizer="vq", codebook_dim=8, vocab_size=16)
+    model = DiscreteVAE(cfg)
+    images = _images(4)
+    x = map_pixels(images)
+    model.train()
+    logits, mu, ln_b = model(x, temperature=1.0)
+    assert logits.shape[1] == 16 and bool(model.codebook.initialized)
+    loss, metrics = vq_loss(images, logits, mu, ln_b, model, cfg)
+    loss.backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())  # straight-through
+    assert metrics["commit"] >= 0 and metrics["codes_alive"] == 16
+    model.eval()
+    tokens = model.encode(images)
+    assert tokens.shape == (4, *logits.shape[2:]) and tokens.max() < 16
+    # encode is the nearest code; decode of those codes equals the training-path decoder input
+    h = model.encoder(x.contiguous(memory_format=torch.channels_last))
+    assert torch.equal(tokens, (-model.codebook.distances(
+        h.permute(0, 2, 3, 1).reshape(-1, 8))).argmax(1).view_as(tokens))  # fmt: skip
+    out = model.decode(tokens)
+    assert out.shape == images.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    # a code that no assignment reaches is re-seeded from the batch
+    model.train()
+    with torch.no_grad():
+        model.codebook.cluster_size[3] = 0.0
+        model.codebook.embed[3] = 1e6
+        model(x, temperature=1.0)
+    assert float(model.codebook.embed[3].abs().max()) < 1e5

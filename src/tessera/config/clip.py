@@ -33,6 +33,10 @@ class CLIPConfig(Config):
     image_mean / image_std: per-channel normalisation applied to [0, 1] images.
     logit_scale_init: initial log of the softmax temperature's inverse (paper: ln(1 / 0.07)).
     logit_scale_max: the inverse temperature is clamped at this value (paper: 100).
+    hard_negatives: training only (beyond the paper): per image, this many captions that
+      contradict its canonical caption in one claim join the image->text softmax
+      (:mod:`tessera.data.shapes.negatives`; examples without a canonical caption get none).
+      0 (paper): none.
     """
 
     kind: ClassVar[str] = "clip"
@@ -55,6 +59,7 @@ class CLIPConfig(Config):
     image_std: tuple[float, float, float] = OPENAI_STD
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = 100.0
+    hard_negatives: int = 0
 
     @property
     def grid_size(self) -> int:
@@ -89,6 +94,8 @@ class CLIPConfig(Config):
             raise ConfigError("clip.image_std must be > 0")
         if not self.logit_scale_max > 0:
             raise ConfigError("clip.logit_scale_max must be > 0")
+        if self.hard_negatives < 0:
+            raise ConfigError(f"clip.hard_negatives must be >= 0, got {self.hard_negatives}")
 
 
 @register_preset("clip", "tiny")

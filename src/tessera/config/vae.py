@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from tessera.config.base import Config, register_preset
 from tessera.config.training import TrainConfig
@@ -25,6 +25,20 @@ class VAEConfig(Config):
     temp_start / temp_end / temp_steps: gumbel-softmax temperature, cosine 1 -> 1/16 over 150k.
     kl_weight / kl_steps: beta, cosine 0 -> 6.6 over the first 5k updates.
     kl_start: beta at update 0 (paper 0); the cosine runs kl_start -> kl_weight.
+    straight_through: the decoder reads hard one-hot samples in the forward pass, gradients
+      flow through the relaxed softmax (paper: False, relaxed in both passes). Argmax decoding
+      then sees codes of the kind the decoder was trained on.
+    kl_target: ``posterior`` (paper): beta * KL(q(z|x) || uniform) summed over positions;
+      ``marginal``: beta * positions * KL(batch-average q || uniform), which keeps the whole
+      codebook in use without flattening each position's posterior.
+    quantizer: ``gumbel`` (the paper's dVAE: logits over the codebook, gumbel-softmax
+      relaxation, KL to the uniform prior) or ``vq`` (beyond the paper: the encoder emits a
+      ``codebook_dim`` vector per position, snapped to the nearest of ``vocab_size`` codebook
+      vectors, straight-through gradient, ``commitment`` * ||z_e - sg(z_q)||^2; the codebook
+      is an EMA of its assigned vectors (decay ``codebook_decay``), and a code whose EMA use
+      falls below ``restart_threshold`` assignments per update is re-seeded from a random
+      encoder output of the batch, so the book never dies). Tokens, the decoder and every
+      consumer are the same; the ``vq`` fields are unused with ``gumbel``.
     """
 
     kind: ClassVar[str] = "vae"
@@ -43,6 +57,13 @@ class VAEConfig(Config):
     kl_weight: float = 6.6
     kl_steps: int = 5000
     kl_start: float = 0.0
+    straight_through: bool = False
+    kl_target: Literal["posterior", "marginal"] = "posterior"
+    quantizer: Literal["gumbel", "vq"] = "gumbel"
+    codebook_dim: int = 64
+    commitment: float = 0.25
+    codebook_decay: float = 0.99
+    restart_threshold: float = 0.05
 
     @property
     def downsample(self) -> int:
@@ -71,6 +92,12 @@ class VAEConfig(Config):
             raise ConfigError("vae.logit_laplace_eps must be in (0, 0.5)")
         if not (self.temp_start > 0 and self.temp_end > 0):
             raise ConfigError("vae: temperatures must be > 0")
+        if self.codebook_dim < 1 or self.commitment < 0 or not 0.0 < self.codebook_decay < 1.0:
+            raise ConfigError(
+                "vae: codebook_dim must be >= 1, commitment >= 0, codebook_decay in (0, 1)"
+            )
+        if self.restart_threshold < 0:
+            raise ConfigError("vae.restart_threshold must be >= 0")
         if self.kl_weight < 0 or self.kl_start < 0 or self.temp_steps < 0 or self.kl_steps < 0:
             raise ConfigError("vae: kl_weight, kl_start, temp_steps and kl_steps must be >= 0")
 

@@ -58,6 +58,30 @@ def clip_loss(
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
 
+def clip_loss_with_negatives(
+    image_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    negative_emb: torch.Tensor,
+    negative_mask: torch.Tensor,
+    scale: torch.Tensor | float,
+) -> torch.Tensor:
+    """:func:`clip_loss` with hard negative captions (beyond the CLIP paper).
+
+    negative_emb: (N, M, D) L2-normalised embeddings of M captions that contradict caption i
+    in one claim; negative_mask: (N, M) bool, False where a slot is empty. Image i's
+    image->text softmax runs over the N batch captions plus its own M negatives; the
+    text->image direction is unchanged (negatives have no image). With no negative this equals
+    :func:`clip_loss`.
+    """
+    img, txt = image_emb.float(), text_emb.float()
+    logits = scale * img @ txt.t()  # (N, N)
+    neg = scale * torch.einsum("nd,nmd->nm", img, negative_emb.float())  # (N, M)
+    neg = neg.masked_fill(~negative_mask, float("-inf"))
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    i2t = F.cross_entropy(torch.cat([logits, neg], dim=1), labels)
+    return (i2t + F.cross_entropy(logits.t(), labels)) / 2
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather along dim 0 whose backward returns this rank's slice of the gradient summed
     over ranks (each rank's loss depends on every rank's features)."""
@@ -223,8 +247,11 @@ class CLIP(nn.Module):
             raise ValueError(
                 f"expected text ids (B, T <= {self.config.context_length}), got {tuple(ids.shape)}"
             )
-        t = ids.shape[1]
         pool = eos_positions(ids, self.config.eos_id)
+        # Under the causal mask nothing after a row's <eos> reaches its pooled state: run only
+        # the columns up to the last <eos> of the batch (the same numbers, less work).
+        t = int(pool.max()) + 1
+        ids = ids[:, :t]
         x = self.token_embedding(ids) + self.positional_embedding[:t]  # (B, T, width)
         x = self.ln_final(self.transformer(x, self.attn_mask[:t, :t]))
         return x[torch.arange(x.shape[0], device=x.device), pool] @ self.text_projection

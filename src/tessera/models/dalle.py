@@ -171,6 +171,11 @@ class DALLE(nn.Module):
             else:
                 nn.init.normal_(p, std=std)
 
+    def no_weight_decay(self) -> list[str]:
+        """The learned position embeddings are embeddings (paper App. B.2: no decay on
+        embeddings); they are plain parameters here, so the optimizer is told by name."""
+        return ["text_pos", "row_pos", "col_pos"]
+
     # -- pieces -----------------------------------------------------------------------------
 
     def image_positions(self) -> torch.Tensor:

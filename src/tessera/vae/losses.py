@@ -33,6 +33,19 @@ def kl_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return (log_q.exp() * log_q).sum(dim) + math.log(logits.shape[dim])
 
 
+def kl_marginal_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """KL(q_bar || uniform) in nats, q_bar = the batch-average of softmax(logits) over every
+    position (a scalar): 0 when the batch uses every code equally, log K when it uses one.
+
+    Unlike :func:`kl_to_uniform` it does not push each position's posterior towards uniform,
+    only the codebook's overall use: codes can be sharp (what argmax decoding sees) while the
+    book stays alive.
+    """
+    q = F.softmax(logits.float(), dim=dim).movedim(dim, -1).reshape(-1, logits.shape[dim])
+    q_bar = q.mean(0)
+    return (q_bar * torch.log(q_bar.clamp_min(1e-12))).sum() + math.log(logits.shape[dim])
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB per image of ``(B, C, H, W)`` tensors in [0, 1]."""
     mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1).clamp_min(1e-12)

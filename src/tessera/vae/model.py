@@ -27,6 +27,12 @@ from tessera.nn.gradscale import ResblockGradScale
 from tessera.vae.pixels import map_pixels, unmap_pixels
 
 
+def _code_width(cfg: VAEConfig) -> int:
+    """Channels between encoder and decoder: the codebook's logits / one-hot codes (gumbel) or
+    one codebook vector (vq)."""
+    return cfg.vocab_size if cfg.quantizer == "gumbel" else cfg.codebook_dim
+
+
 def _conv(n_in: int, n_out: int, kw: int) -> nn.Conv2d:
     """Conv with the ``dall-e`` initialisation: N(0, 1/fan_in) weights, zero bias, same padding."""
     conv = nn.Conv2d(n_in, n_out, kw, padding=(kw - 1) // 2)
@@ -101,7 +107,7 @@ class Encoder(nn.Module):
                 "output",
                 nn.Sequential(
                     OrderedDict(
-                        [("relu", nn.ReLU()), ("conv", _conv(widths[-1], cfg.vocab_size, 1))]
+                        [("relu", nn.ReLU()), ("conv", _conv(widths[-1], _code_width(cfg), 1))]
                     )
                 ),
             )
@@ -123,7 +129,7 @@ class Decoder(nn.Module):
             cfg.group_count * cfg.n_blk_per_group,
         )
         widths = [cfg.n_hid * 2 ** (g - 1 - i) for i in range(g)]
-        items: list[tuple[str, nn.Module]] = [("input", _conv(cfg.vocab_size, cfg.n_init, 1))]
+        items: list[tuple[str, nn.Module]] = [("input", _conv(_code_width(cfg), cfg.n_init, 1))]
         n_in = cfg.n_init
         for i, w in enumerate(widths):
             blocks = []
@@ -148,6 +154,84 @@ class Decoder(nn.Module):
         return self.blocks(z)
 
 
+class Codebook(nn.Module):
+    """The ``vq`` quantizer: ``vocab_size`` vectors of ``codebook_dim``, kept as an exponential
+    moving average of the encoder outputs assigned to them (no gradient), with dead codes
+    re-seeded from the batch (beyond the paper; see ``VAEConfig.quantizer``)."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.decay, self.commitment = cfg.codebook_decay, cfg.commitment
+        self.threshold = cfg.restart_threshold
+        k, d = cfg.vocab_size, cfg.codebook_dim
+        self.register_buffer("embed", torch.randn(k, d))
+        self.register_buffer("embed_sum", self.embed.clone())
+        self.register_buffer("cluster_size", torch.ones(k))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.commit_loss = torch.zeros(())  # of the last training forward (read by the loss)
+
+    def distances(self, z: torch.Tensor) -> torch.Tensor:
+        """z (N, D) -> squared distances to every code (N, K), float32."""
+        z, e = z.float(), self.embed.float()
+        return (z * z).sum(1, keepdim=True) - 2 * z @ e.t() + (e * e).sum(1)[None]
+
+    @torch.no_grad()
+    def nearest(self, h: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs (B, D, h, w) -> (B, h, w) int64 indices of the nearest codes."""
+        b, d, hh, ww = h.shape
+        flat = h.permute(0, 2, 3, 1).reshape(-1, d)
+        return self.distances(flat).argmin(1).view(b, hh, ww)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits = -distances (B, K, h, w), straight-through codes (B, D, h, w))."""
+        b, d, hh, ww = h.shape
+        flat = h.permute(0, 2, 3, 1).reshape(-1, d).float()  # (N, D)
+        if self.training:
+            self._update(flat)
+        dist = self.distances(flat)  # (N, K)
+        idx = dist.argmin(1)
+        z_q = self.embed[idx].float()
+        self.commit_loss = self.commitment * F.mse_loss(flat, z_q)
+        z = flat + (z_q - flat).detach()  # straight-through: the decoder's gradient reaches h
+        logits = -dist.view(b, hh, ww, -1).permute(0, 3, 1, 2)
+        z = z.view(b, hh, ww, d).permute(0, 3, 1, 2).to(h.dtype)
+        return logits, z.contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def _update(self, flat: torch.Tensor) -> None:
+        k = self.embed.shape[0]
+        z = flat.detach()
+        if not bool(self.initialized):  # seed the book with encoder outputs of the first batch
+            pick = torch.randint(0, z.shape[0], (k,), device=z.device)
+            self.embed.copy_(z[pick])
+            self.embed_sum.copy_(z[pick])
+            self.cluster_size.fill_(1.0)
+            self.initialized.fill_(True)
+        idx = self.distances(z).argmin(1)
+        counts = torch.bincount(idx, minlength=k).float()
+        sums = torch.zeros_like(self.embed_sum).index_add_(0, idx, z)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        size = (self.cluster_size + 1e-5) / (n + k * 1e-5) * n  # Laplace smoothing
+        self.embed.copy_(self.embed_sum / size[:, None])
+        dead = self.cluster_size < self.threshold
+        if bool(dead.any()):
+            # re-seeded from this rank's batch; under DDP rank 0's choice is broadcast
+            pick = torch.randint(0, z.shape[0], (int(dead.sum()),), device=z.device)
+            self.embed[dead] = z[pick]
+            self.embed_sum[dead] = z[pick]
+            self.cluster_size[dead] = 1.0
+            if distributed:
+                torch.distributed.broadcast(self.embed, 0)
+                torch.distributed.broadcast(self.embed_sum, 0)
+                torch.distributed.broadcast(self.cluster_size, 0)
+
+
 class DiscreteVAE(nn.Module):
     """Encoder + decoder. ``forward`` is the training pass (gumbel-softmax relaxation);
     :meth:`encode` / :meth:`decode` are the inference maps images <-> token grids."""
@@ -157,6 +241,7 @@ class DiscreteVAE(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
+        self.codebook = Codebook(cfg) if cfg.quantizer == "vq" else None
         # NHWC convolutions are ~1.5x faster on CPU (oneDNN) and preferred by cuDNN under AMP.
         self.to(memory_format=torch.channels_last)
 
@@ -167,10 +252,17 @@ class DiscreteVAE(nn.Module):
 
         Returns (logits (B, K, h, w), mu (B, 3, H, W), ln_b (B, 3, H, W)). The codes fed to the
         decoder are gumbel-softmax samples at ``temperature`` (the paper's relaxation, used in
-        both the forward and backward passes).
+        both the forward and backward passes; one-hot in the forward pass with
+        ``config.straight_through``).
         """
-        logits = self.encoder(x.contiguous(memory_format=torch.channels_last))
-        z = F.gumbel_softmax(logits.float(), tau=temperature, hard=False, dim=1)
+        h = self.encoder(x.contiguous(memory_format=torch.channels_last))
+        if self.codebook is not None:  # vq: logits are negative squared distances
+            logits, z = self.codebook(h)
+        else:
+            logits = h
+            z = F.gumbel_softmax(
+                logits.float(), tau=temperature, hard=self.config.straight_through, dim=1
+            )
         out = self.decoder(z)
         c = self.config.input_channels
         return logits, out[:, :c], out[:, c:]
@@ -179,7 +271,10 @@ class DiscreteVAE(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 1] -> (B, h, w) int64 tokens (argmax, no noise)."""
         x = map_pixels(images.float(), self.config.logit_laplace_eps)
-        return self.encoder(x.contiguous(memory_format=torch.channels_last)).argmax(1)
+        h = self.encoder(x.contiguous(memory_format=torch.channels_last))
+        if self.codebook is not None:
+            return self.codebook.nearest(h)
+        return h.argmax(1)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -189,7 +284,9 @@ class DiscreteVAE(nn.Module):
         # The input 1x1 conv of a one-hot code is a column lookup: same numbers, without the
         # (B, K, h, w) one-hot tensor (1 GiB at batch 32 for K = 8192 at 32x32).
         conv = self.decoder.blocks.input
-        table = conv.weight[:, :, 0, 0].t()  # (K, n_init)
+        table = conv.weight[:, :, 0, 0].t()  # (K or codebook_dim, n_init)
+        if self.codebook is not None:  # each code's vector through the 1x1 conv
+            table = self.codebook.embed.float() @ table  # (K, n_init)
         h = F.embedding(tokens, table) + conv.bias  # (B, h, w, n_init)
         h = h.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
         for name, module in self.decoder.blocks.named_children():

@@ -10,6 +10,7 @@ every rank are gathered before the loss, so each image's negatives are the whole
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,13 @@ from torch import nn
 from tessera.config.clip import CLIPConfig
 from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
-from tessera.models.clip import CLIP, check_compatible, clip_loss, gather_features
+from tessera.models.clip import (
+    CLIP,
+    check_compatible,
+    clip_loss,
+    clip_loss_with_negatives,
+    gather_features,
+)
 from tessera.training.data import BatchStream, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
 from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
@@ -29,21 +36,69 @@ from tessera.training.stages.base import DataSpec, Objective, Stage, stage_prese
 class CaptionedImages:
     """Wraps an image-caption batch stream: one caption per image -> ``<eos>``-ended ids.
 
-    Yields ``{"images": (B, 3, S, S) in [0, 1], "text": (B, max_length) int64}``; resumable
-    through the wrapped stream's state.
+    Yields ``{"images": (B, 3, S, S) in [0, 1], "text": (B, max_length) int64}``; with
+    ``hard_negatives = M > 0`` the caption is one of the example's canonical ones (when it
+    has any) and ``"negatives"`` (B * M, max_length) / ``"negative_mask"`` (B, M) hold up to M
+    captions contradicting it in one claim. Every choice is a function of the example's
+    captions, so a resumed run sees the same batches; resumable through the wrapped stream.
     """
 
-    def __init__(self, inner: BatchStream, tokenizer: Any) -> None:
+    def __init__(
+        self,
+        inner: BatchStream,
+        tokenizer: Any,
+        *,
+        hard_negatives: int = 0,
+        exclude_pairs: tuple[str, ...] = (),
+    ) -> None:
         self.inner, self.tokenizer = inner, tokenizer
+        self.hard_negatives, self.exclude_pairs = hard_negatives, exclude_pairs
 
     def __iter__(self) -> CaptionedImages:
         return self
 
     def __next__(self) -> dict[str, torch.Tensor]:
         batch = next(self.inner)
-        captions = [pick_caption(c) for c in batch["captions"]]
+        if self.hard_negatives <= 0:
+            captions = [pick_caption(c) for c in batch["captions"]]
+            enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True)
+            return {"images": batch["images"], "text": enc.ids}
+        captions, negatives = [], []
+        for caps in batch["captions"]:
+            caption, negs = self._with_negatives(caps)
+            captions.append(caption)
+            negatives.append(negs)
+        m = self.hard_negatives
+        mask = torch.tensor([[j < len(n) for j in range(m)] for n in negatives])
+        flat = [n[j] if j < len(n) else "" for n in negatives for j in range(m)]
         enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True)
-        return {"images": batch["images"], "text": enc.ids}
+        neg = self.tokenizer.encode_batch(flat, train=True, add_eos=True)
+        return {
+            "images": batch["images"],
+            "text": enc.ids,
+            "negatives": neg.ids,
+            "negative_mask": mask,
+        }
+
+    def _with_negatives(self, captions: Any) -> tuple[str, list[str]]:
+        import numpy as np
+
+        from tessera.data.shapes import parse_prompt
+        from tessera.data.shapes.negatives import hard_negatives
+        from tessera.errors import DataError
+
+        caps = [captions] if isinstance(captions, str) else list(captions)
+        canonical = []
+        for c in caps:
+            try:
+                parse_prompt(c)
+            except DataError:
+                continue
+            canonical.append(c)
+        caption = pick_caption(canonical or caps)
+        rng = np.random.default_rng(zlib.crc32("\x00".join(caps).encode()))
+        negs = hard_negatives(caption, self.hard_negatives, rng, exclude_pairs=self.exclude_pairs)
+        return caption, negs
 
     def state_dict(self) -> dict[str, int]:
         return self.inner.state_dict()
@@ -75,7 +130,19 @@ def make_batches(
         world_size=ctx.world_size,
         num_workers=train.num_workers,
     )
-    return CaptionedImages(inner, tok)
+    return CaptionedImages(
+        inner, tok, hard_negatives=cfg.hard_negatives, exclude_pairs=_held_out(data)
+    )
+
+
+def _held_out(data: DataSpec) -> tuple[str, ...]:
+    """The colour-shape pairs the run's ``shapes`` training split never shows (none for other
+    data): hard negatives must not name them either."""
+    if data.source.split(":")[0] != "shapes":
+        return ()
+    from tessera.config.shapes import ShapesConfig
+
+    return tuple(ShapesConfig().held_out)
 
 
 def contrastive_objective(
@@ -83,12 +150,34 @@ def contrastive_objective(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Symmetric InfoNCE over the global batch (every rank's embeddings gathered)."""
     device = next(model.parameters()).device
-    img, txt, scale = model(batch["images"].to(device), batch["text"].to(device))
+    text = batch["text"].to(device)
+    b = text.shape[0]
+    if "negatives" in batch:  # one text batch: the captions, then their hard negatives
+        text = torch.cat([text, batch["negatives"].to(device)])
+    img, txt, scale = model(batch["images"].to(device), text)
+    txt, neg = txt[:b], txt[b:]
     img, txt = gather_features(img.float()), gather_features(txt.float())  # (N_global, D)
-    loss = clip_loss(img, txt, scale.float())
+    if "negatives" in batch:
+        # Each rank scores its own images against its own negatives; other ranks' rows get
+        # empty slots (their images' negatives live on their ranks).
+        m = neg.shape[0] // b
+        full = neg.new_zeros(img.shape[0], m, neg.shape[-1])
+        mask = torch.zeros(img.shape[0], m, dtype=torch.bool, device=img.device)
+        lo = _rank_offset(b)
+        full[lo : lo + b] = neg.float().view(b, m, -1)
+        mask[lo : lo + b] = batch["negative_mask"].to(device)
+        loss = clip_loss_with_negatives(img, txt, full, mask, scale.float())
+    else:
+        loss = clip_loss(img, txt, scale.float())
     with torch.no_grad():
         hits = (img @ txt.t()).argmax(1) == torch.arange(img.shape[0], device=img.device)
     return loss, {"acc_i2t": float(hits.float().mean()), "logit_scale": float(scale.detach())}
+
+
+def _rank_offset(local: int) -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() * local if dist.is_available() and dist.is_initialized() else 0
 
 
 def make_objective(cfg: CLIPConfig) -> Objective:

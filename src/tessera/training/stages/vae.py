@@ -16,7 +16,13 @@ from tessera.training.data import BatchStream, source_image_batches
 from tessera.training.distributed import DistContext
 from tessera.training.schedules import cosine
 from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
-from tessera.vae.losses import codebook_stats, kl_to_uniform, logit_laplace_nll, psnr
+from tessera.vae.losses import (
+    codebook_stats,
+    kl_marginal_to_uniform,
+    kl_to_uniform,
+    logit_laplace_nll,
+    psnr,
+)
 from tessera.vae.model import DiscreteVAE
 from tessera.vae.pixels import map_pixels
 
@@ -39,6 +45,7 @@ def relaxed_elb_loss(
     *,
     beta: float,
     eps: float,
+    kl_target: str = "posterior",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """-ELB per pixel dimension: logit-Laplace NLL + beta * KL(q || uniform).
 
@@ -48,12 +55,41 @@ def relaxed_elb_loss(
     x = map_pixels(images.float(), eps)
     dims = x[0].numel()
     nll = logit_laplace_nll(x, mu.float(), ln_b.float()).flatten(1).sum(1)  # (B,) nats
-    kl = kl_to_uniform(logits).flatten(1).sum(1)  # (B,) nats
+    if kl_target == "marginal":  # positions * KL(batch-average code use || uniform)
+        positions = logits[0, 0].numel()
+        kl = (positions * kl_marginal_to_uniform(logits)).expand(images.shape[0])
+    else:
+        kl = kl_to_uniform(logits).flatten(1).sum(1)  # (B,) nats
     loss = (nll + beta * kl).mean() / dims
     metrics = {
         "nll_bpd": float(nll.detach().mean()) / dims / 0.6931471805599453,
         "kl_nats": float(kl.detach().mean()),
         "beta": beta,
+    }
+    return loss, metrics
+
+
+def vq_loss(
+    images: torch.Tensor,
+    logits: torch.Tensor,
+    mu: torch.Tensor,
+    ln_b: torch.Tensor,
+    model: nn.Module,
+    cfg: VAEConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The ``vq`` quantizer's loss: logit-Laplace NLL per pixel dimension (as the relaxed ELB)
+    plus the commitment term the codebook computed in the forward pass."""
+    x = map_pixels(images.float(), cfg.logit_laplace_eps)
+    dims = x[0].numel()
+    nll = logit_laplace_nll(x, mu.float(), ln_b.float()).flatten(1).sum(1)  # (B,) nats
+    commit = model.codebook.commit_loss
+    loss = nll.mean() / dims + commit
+    _, dead = codebook_stats(logits.detach())
+    metrics = {
+        "nll_bpd": float(nll.detach().mean()) / dims / 0.6931471805599453,
+        "commit": float(commit.detach()),
+        "codes_alive": float((model.codebook.cluster_size >= cfg.restart_threshold).sum()),
+        "dead_codes": float(dead),
     }
     return loss, metrics
 
@@ -69,8 +105,9 @@ def build_model(cfg: VAEConfig) -> DiscreteVAE:
     Architecture, parameter count and weight conversion are unchanged.
     """
     model = DiscreteVAE(cfg)
-    with torch.no_grad():
-        model.decoder.blocks.input.weight.normal_(0.0, 1.0)
+    if cfg.quantizer == "gumbel":  # vq feeds real vectors: dall-e's fan-in init is right
+        with torch.no_grad():
+            model.decoder.blocks.input.weight.normal_(0.0, 1.0)
     return model
 
 
@@ -79,8 +116,16 @@ def make_objective(cfg: VAEConfig) -> Objective:
         images = batch["images"]
         tau = temperature(cfg, step)
         logits, mu, ln_b = model(map_pixels(images.float(), cfg.logit_laplace_eps), tau)
+        if cfg.quantizer == "vq":
+            return vq_loss(images, logits, mu, ln_b, getattr(model, "module", model), cfg)
         loss, metrics = relaxed_elb_loss(
-            images, logits, mu, ln_b, beta=kl_weight(cfg, step), eps=cfg.logit_laplace_eps
+            images,
+            logits,
+            mu,
+            ln_b,
+            beta=kl_weight(cfg, step),
+            eps=cfg.logit_laplace_eps,
+            kl_target=cfg.kl_target,
         )
         perplexity, dead = codebook_stats(logits.detach())
         metrics.update({"temperature": tau, "perplexity": perplexity, "dead_codes": float(dead)})
