@@ -92,11 +92,11 @@ def _tiny() -> DalleConfig:
 
 @register_preset("dalle", "shapes")
 def _shapes() -> DalleConfig:
-    # shapes tokenizer (<= 512 tokens; captions are <= 13 tokens) + shapes dVAE (8x8 of 512).
+    # shapes tokenizer (<= 512 tokens; captions are <= 13 tokens) + shapes dVAE (8x8 of 1024).
     return DalleConfig(
         text_vocab=512,
         text_len=16,
-        image_vocab=512,
+        image_vocab=1024,
         grid_size=8,
         d_model=192,
         n_layers=8,

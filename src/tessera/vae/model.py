@@ -44,10 +44,17 @@ def _conv(n_in: int, n_out: int, kw: int) -> nn.Conv2d:
 class ResBlock(nn.Module):
     """``id_path(x) + post_gain * res_path(x)``; opts into per-resblock gradient scaling."""
 
-    def __init__(self, n_in: int, n_out: int, n_layers: int, kernels: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        n_layers: int,
+        kernels: tuple[int, ...],
+        post_gain_power: float = 2.0,
+    ) -> None:
         super().__init__()
         n_hid = n_out // 4
-        self.post_gain = 1.0 / n_layers**2
+        self.post_gain = 1.0 / n_layers**post_gain_power
         self.id_path = _conv(n_in, n_out, 1) if n_in != n_out else nn.Identity()
         widths = [n_in, n_hid, n_hid, n_hid, n_out]
         layers: list[tuple[str, nn.Module]] = []
@@ -98,7 +105,7 @@ class Encoder(nn.Module):
         for i, w in enumerate(widths):
             blocks = []
             for _ in range(nb):
-                blocks.append(ResBlock(n_in, w, n_layers, (3, 3, 3, 1)))
+                blocks.append(ResBlock(n_in, w, n_layers, (3, 3, 3, 1), cfg.post_gain_power))
                 n_in = w
             pool = nn.MaxPool2d(kernel_size=2) if i < g - 1 else None
             items.append((f"group_{i + 1}", _group(blocks, pool, "pool")))
@@ -134,7 +141,7 @@ class Decoder(nn.Module):
         for i, w in enumerate(widths):
             blocks = []
             for _ in range(nb):
-                blocks.append(ResBlock(n_in, w, n_layers, (1, 3, 3, 3)))
+                blocks.append(ResBlock(n_in, w, n_layers, (1, 3, 3, 3), cfg.post_gain_power))
                 n_in = w
             up = nn.Upsample(scale_factor=2, mode="nearest") if i < g - 1 else None
             items.append((f"group_{i + 1}", _group(blocks, up, "upsample")))
