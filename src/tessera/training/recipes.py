@@ -22,6 +22,15 @@ from tessera.errors import ConfigError, TrainingError
 STAGE_ORDER = ("tokenizer", "vae", "dalle", "clip")
 RECIPES = ("shapes", "tiny")
 
+# Sampling defaults written into the installed pipeline's model_index.json, so that
+# ``tessera generate`` uses them without flags (tessera.sampling.sample.SamplingConfig fields).
+# shapes: chosen with benchmarks/tune_sampling.py on tuning prompts (another data seed than
+# the evaluation's), see the README's table.
+SAMPLING_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "shapes": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "guidance": 1.0},
+    "tiny": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "guidance": 1.0},
+}
+
 
 def _train_tokenizer(preset: str, run: Path, progress: bool) -> int:
     from tessera.config import preset as config_preset
@@ -114,9 +123,11 @@ def run_recipe(
     return summary
 
 
-def install(run_dir: str | Path, dest: str | Path) -> Path:
+def install(run_dir: str | Path, dest: str | Path, *, defaults: dict | None = None) -> Path:
     """Write the run's release checkpoints as a pipeline folder ``dest/pipeline`` (transformer,
-    dVAE, tokenizer and CLIP, weights stored in float16) with the run's ``summary.json``."""
+    dVAE, tokenizer and CLIP, weights stored in float16) with the run's ``summary.json``.
+    defaults: the sampling defaults to store (default: the run's recipe's
+    :data:`SAMPLING_DEFAULTS`)."""
     from tessera.checkpoint import load, load_checkpoint
     from tessera.pipelines.dalle import save_pipeline
 
@@ -125,6 +136,14 @@ def install(run_dir: str | Path, dest: str | Path) -> Path:
     if missing:
         raise TrainingError(f"cannot install: stage(s) {', '.join(missing)} not finished")
     final = run / "dalle" / "final"
+    if defaults is None:
+        summary_file = run / "summary.json"
+        recipe = (
+            json.loads(summary_file.read_text(encoding="utf-8")).get("preset", "shapes")
+            if summary_file.is_file()
+            else "shapes"
+        )
+        defaults = SAMPLING_DEFAULTS.get(recipe, {})
     clip = load_checkpoint(run / "clip" / "final", kind="clip")
     out = save_pipeline(
         dest / "pipeline",
@@ -133,6 +152,7 @@ def install(run_dir: str | Path, dest: str | Path) -> Path:
         tokenizer=load(run / "tokenizer", kind="tokenizer"),
         clip=clip.obj,
         clip_tokenizer=clip.tokenizer,
+        defaults=dict(defaults),
         dtype="float16",
     )
     legacy_clip = dest / "clip"  # the layout before pipeline folders: CLIP beside the pipeline
