@@ -4,44 +4,53 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tessera-installed
+DEV_STAMP := $(VENV)/.tessera-dev-installed
 TORCH_PIN ?= torch==2.13.0
 PYTEST_WORKERS ?= 2
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install install-dev demo test lint format bench clean
 
+# What the demo needs: CPU torch and tessera's light core, nothing test-only.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH_PIN)"
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	touch $(STAMP)
+
+# Tests, lint and the reference implementations the parity tests compare against.
+$(DEV_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	# OpenAI's dVAE package, a test-only reference: its metadata asks for torchvision, so no deps.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps dall-e==0.1
 	# FID references for the parity tests (both import torchvision at package level; the
 	# tests load only their torchvision-free modules), so no deps either.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps pytorch-fid==0.3.0 torch-fidelity==0.4.0
-	touch $(STAMP)
+	touch $(DEV_STAMP)
 
 install: $(STAMP)
+
+install-dev: $(DEV_STAMP)
 
 ## make demo: set up, then run the main job on the embedded default data set
 demo: $(STAMP)
 	$(VENV)/bin/tessera demo --out out/demo
 
 ## make test: set up with the test dependencies, lint, then run the whole suite
-test: $(STAMP) lint
+test: $(DEV_STAMP) lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	# the import layers of DESIGN.md (pyproject.toml [tool.importlinter]), function-level imports too
 	$(VENV)/bin/lint-imports
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
 ## make bench: every benchmark prints one JSON line
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	@for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
