@@ -178,7 +178,8 @@ def test_shipped_model_page_screenshot(browser, tmp_path) -> None:
     from tessera.apps.demo import default_pipeline_dir
     from tessera.pipelines import load_pipeline
 
-    app = _app({"dalle": load_pipeline(default_pipeline_dir())})
+    pipe = load_pipeline(default_pipeline_dir())
+    app = _app({"dalle": pipe})
     with running_server(app) as base:
         page = browser.new_page(viewport={"width": 1280, "height": 860})
         page.goto(base + "/")
@@ -186,7 +187,7 @@ def test_shipped_model_page_screenshot(browser, tmp_path) -> None:
         page.fill("#seed", "0")
         page.fill("#candidates", "16")
         _generate(page, "a red circle", 8)
-        assert all(w == 64 for w in _decoded(page))
+        assert all(w == pipe.image_size for w in _decoded(page))
         shot = tmp_path / "serve.png"
         page.screenshot(path=str(shot), full_page=True)
         page.close()
