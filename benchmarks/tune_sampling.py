@@ -9,7 +9,8 @@ drawn with another data seed (``ShapesConfig(seed=7)``, eval split; two thirds n
 held-out colour-shape pair, as in ``tessera eval prompts --held-out-share 0.67``), so the
 defaults are not fitted to the 300-prompt evaluation list. Each setting samples
 ``--candidates`` images per prompt (seed 0); ``strict_unranked`` judges the first sample of
-every prompt, ``strict_reranked`` the pipeline CLIP's best of the candidates. ``best`` is the
+every prompt, ``strict_reranked`` the pipeline CLIP's best of the candidates; the
+``*_seen_held_out`` pairs split them by whether the prompt names a held-out pair. ``best`` is the
 setting with the highest sum of ``strict_any_sample`` (every candidate judged: the unranked
 rate with ``--candidates`` times the samples) and ``strict_reranked``.
 """
@@ -66,6 +67,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.pipeline)
     prompts = tuning_prompts(args.n_prompts, args.held_out_share)
+    from tessera.config.shapes import ShapesConfig
+
+    pairs = ShapesConfig().held_out
+    held = np.array([any(p in prompt for p in pairs) for prompt in prompts])
     k = args.candidates
     results = []
     grid = itertools.product(
@@ -86,6 +91,7 @@ def main() -> None:
         ok = ok.reshape(len(prompts), k)
         scores = reranker(s.images, s.prompts).view(len(prompts), k)
         best = scores.argmax(1).numpy()
+        picked = ok[np.arange(len(prompts)), best]
         rec = {
             "temperature": temperature,
             "top_k": top_k,
@@ -93,6 +99,14 @@ def main() -> None:
             "strict_unranked": round(float(ok[:, 0].mean()), 4),
             "strict_any_sample": round(float(ok.mean()), 4),
             "strict_reranked": round(float(ok[np.arange(len(prompts)), best].mean()), 4),
+            "any_sample_seen_held_out": [
+                round(float(ok[~held].mean()), 4),
+                round(float(ok[held].mean()), 4),
+            ],
+            "reranked_seen_held_out": [
+                round(float(picked[~held].mean()), 4),
+                round(float(picked[held].mean()), 4),
+            ],
             "n_prompts": len(prompts),
             "candidates": k,
             "seconds": round(time.perf_counter() - t0, 1),
