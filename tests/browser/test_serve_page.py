@@ -18,19 +18,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from helpers.browser import HEADLESS_ARGS
 from helpers.serve import build_tiny_pipeline, running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+ARGS = HEADLESS_ARGS
 HOW = "apt-get install chromium && pip install -e '.[dev]'"
 
 

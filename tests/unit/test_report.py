@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from helpers.browser import HEADLESS_ARGS
 from tessera.reporting import html as rep
 from tessera.reporting.html import (
     PALETTE,
@@ -466,14 +467,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     shot = tmp_path / "shot.png"
     cmd = [
         CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *HEADLESS_ARGS,
         f"--user-data-dir={tmp_path / 'profile'}",
         f"--screenshot={shot}",
         "--window-size=1000,1400",
