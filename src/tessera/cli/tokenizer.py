@@ -8,8 +8,7 @@ import itertools
 from pathlib import Path
 
 from tessera.cli.data_inspect import positive_int
-
-_DEFAULT_EXAMPLES = 10_000  # = tessera.data.sources.DEFAULT_CAPTION_EXAMPLES
+from tessera.data.sources import DEFAULT_CAPTION_EXAMPLES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--n",
         type=positive_int,
         default=None,
-        help=f"examples to read (default: {_DEFAULT_EXAMPLES} from a data source; "
+        help=f"examples to read (default: {DEFAULT_CAPTION_EXAMPLES} from a data source; "
         "every line of a .txt file)",
     )
     p.set_defaults(func=run_train)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-STAGE_ORDER = ("tokenizer", "vae", "dalle", "clip")  # = tessera.training.recipes.STAGE_ORDER
+from tessera.training.recipes import STAGE_ORDER  # light: no model or trainer import
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

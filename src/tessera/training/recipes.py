@@ -35,7 +35,7 @@ SAMPLING_DEFAULTS: dict[str, dict[str, float | int]] = {
 }
 
 
-def _train_tokenizer(preset: str, run: Path, progress: bool) -> int:
+def _train_tokenizer(preset: str, run: Path) -> int:
     from tessera.config import preset as config_preset
     from tessera.data.sources import iter_captions
     from tessera.text import TextTokenizer
@@ -51,7 +51,7 @@ def _stage_runner(stage: str, preset: str, run: Path, progress: bool) -> Callabl
     from tessera.training.stages.runner import train_stage
 
     if stage == "tokenizer":
-        return lambda: _train_tokenizer("shapes" if preset == "shapes" else "tiny", run, progress)
+        return lambda: _train_tokenizer("shapes" if preset == "shapes" else "tiny", run)
     kwargs: dict[str, Any] = {"preset": preset, "run_dir": run / stage, "progress": progress}
     if stage in ("dalle", "clip"):
         kwargs["tokenizer"] = run / "tokenizer"
