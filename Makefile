@@ -25,6 +25,10 @@ $(DEV_STAMP): $(STAMP) pyproject.toml
 	# FID references for the parity tests (both import torchvision at package level; the
 	# tests load only their torchvision-free modules), so no deps either.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps pytorch-fid==0.3.0 torch-fidelity==0.4.0
+	# diffusers' DDPM/DDIM schedulers, a test-only reference for tessera.diffusion's parity tests.
+	# No deps: the schedulers import only what is already here (torch, numpy, huggingface_hub,
+	# safetensors, ...); its metadata would add regex, importlib_metadata and a lazy loader.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps diffusers==0.42.1
 	touch $(DEV_STAMP)
 
 install: $(STAMP)

@@ -40,6 +40,12 @@ BUILTIN_KINDS: dict[str, tuple[str, str | None, str | None]] = {
     "vae": ("tessera.config.vae:VAEConfig", "tessera.vae.model:DiscreteVAE", None),
     "dalle": ("tessera.config.dalle:DalleConfig", "tessera.models.dalle:DALLE", None),
     "clip": ("tessera.config.clip:CLIPConfig", "tessera.models.clip:CLIP", None),
+    "decoder": ("tessera.config.decoder:DecoderConfig", "tessera.models.decoder:Decoder", None),
+    "upsampler": (
+        "tessera.config.upsampler:UpsamplerConfig",
+        "tessera.models.upsampler:Upsampler",
+        None,
+    ),
 }
 
 _KINDS: dict[str, KindSpec] = {}

@@ -18,6 +18,12 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ("vae", "stage 1: train and use the discrete VAE (image tokenizer)", ["vae", "vae_convert"]),
     ("dalle", "stage 2: train and inspect the text-image transformer", ["dalle"]),
     ("clip", "train and use CLIP, the contrastive model that reranks samples", ["clip"]),
+    (
+        "decoder",
+        "unCLIP: train and use the diffusion decoder (CLIP embedding -> image)",
+        ["decoder"],
+    ),
+    ("upsampler", "unCLIP: train the diffusion upsamplers", ["upsampler"]),
     ("eval", "evaluate images from files: FID, IS, CLIP score, caption fidelity", ["eval"]),
 ]
 # Top-level commands: modules whose ``register(subparsers)`` add one command each.

@@ -19,7 +19,8 @@ def add_train_command(subparsers: argparse._SubParsersAction, stage_name: str) -
     p.add_argument("--preset", default="tiny", help="named preset (default: tiny)")
     p.add_argument("--data", default="shapes", help="data source spec (default: shapes)")
     p.add_argument("--vae", help="dVAE checkpoint that tokenizes the images (stage 2)")
-    p.add_argument("--tokenizer", help="text tokenizer checkpoint (stage 2)")
+    p.add_argument("--tokenizer", help="text tokenizer checkpoint (stage 2, unCLIP)")
+    p.add_argument("--clip", help="CLIP checkpoint that embeds the images (unCLIP decoder)")
     p.add_argument("--run-dir", required=True, help="run directory (checkpoints, logs)")
     p.add_argument("--steps", type=int, help="total optimizer updates")
     p.add_argument("--checkpoint-every", type=int, help="updates between checkpoints")
@@ -40,6 +41,7 @@ def run_train(args: argparse.Namespace, stage_name: str) -> int:
         data=args.data,
         vae=args.vae,
         tokenizer=args.tokenizer,
+        clip=args.clip,
         overrides=args.overrides,
         steps=args.steps,
         checkpoint_every=args.checkpoint_every,

@@ -2,13 +2,25 @@
 
 Each config module registers its presets with :func:`~tessera.config.base.register_preset`
 when imported; this module imports them all, so every kind is known here (model configs
-``vae``, ``dalle``, ``clip``, ``tokenizer``, ``data``, ``shapes`` and the training recipes
-``train.vae``, ``train.dalle``, ``train.clip``).
+``vae``, ``dalle``, ``clip``, ``tokenizer``, ``data``, ``shapes``, ``diffusion`` and the training
+recipes ``train.vae``, ``train.dalle``, ``train.clip``).
 """
 
 from __future__ import annotations
 
-from tessera.config import clip, dalle, data, shapes, text, training, vae  # noqa: F401
+from tessera.config import (  # noqa: F401
+    clip,
+    dalle,
+    data,
+    decoder,
+    diffusion,
+    shapes,
+    text,
+    training,
+    unet,
+    upsampler,
+    vae,
+)
 from tessera.config.base import _PRESETS, Config
 from tessera.errors import ConfigError
 

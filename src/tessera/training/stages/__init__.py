@@ -17,6 +17,8 @@ STAGES: dict[str, str] = {
     "vae": "tessera.training.stages.vae:STAGE",
     "dalle": "tessera.training.stages.dalle:STAGE",
     "clip": "tessera.training.stages.clip:STAGE",
+    "decoder": "tessera.training.stages.decoder:STAGE",
+    "upsampler": "tessera.training.stages.upsampler:STAGE",
 }
 
 

@@ -24,12 +24,14 @@ from tessera.training.trainer import Objective
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
     """Which data a run reads: a source spec for ``tessera.data.open_source``, a seed, and the
-    frozen checkpoints that turn it into tokens (stage 2: the dVAE and the text tokenizer)."""
+    frozen checkpoints that turn it into model inputs (stage 2: the dVAE and the text
+    tokenizer; the unCLIP decoder: the tokenizer and the CLIP that embeds each image)."""
 
     source: str = "shapes"
     seed: int = 0
     vae: str | None = None
     tokenizer: str | None = None
+    clip: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

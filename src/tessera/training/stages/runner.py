@@ -77,6 +77,7 @@ def train_stage(
     data: str = "shapes",
     vae: str | Path | None = None,
     tokenizer: str | Path | None = None,
+    clip: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     steps: int | None = None,
     checkpoint_every: int | None = None,
@@ -102,6 +103,7 @@ def train_stage(
         train_cfg.seed,
         vae=None if vae is None else str(vae),
         tokenizer=None if tokenizer is None else str(tokenizer),
+        clip=None if clip is None else str(clip),
     )
     missing = [f"--{n}" for n in stage.needs if getattr(spec, n) is None]
     if missing:

@@ -1,0 +1,22 @@
+"""The unCLIP upsamplers (§2.1): the one UNet, conditioned on the low-resolution image only
+("we do not condition the upsamplers on the caption, and use unconditional ADM UNets")."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tessera.config.upsampler import UpsamplerConfig
+from tessera.models.unet import UNet
+
+
+class Upsampler(nn.Module):
+    def __init__(self, cfg: UpsamplerConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.unet = UNet(cfg.unet)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, *, low_res: torch.Tensor) -> torch.Tensor:
+        """x_t: (B, 3, H, W) in [-1, 1] space (a crop in training); low_res: (B, 3, H/k, W/k)
+        in [-1, 1], resized bilinearly to (H, W) and concatenated. -> raw output."""
+        return self.unet(x_t, t, low_res=low_res)

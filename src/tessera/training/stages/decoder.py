@@ -1,0 +1,219 @@
+"""The unCLIP decoder as a trainable stage: images -> (CLIP image embedding, caption) ->
+the diffusion loss of the decoder UNet.
+
+Each image is embedded by a frozen CLIP (``--clip``, by default the shipped shapes CLIP) at
+the CLIP's own resolution; one of its captions is BPE-encoded with dropout, as CLIP's are.
+The noise level, the noise and the guidance drops of update ``step`` come from a generator
+seeded with ``(seed, step)`` on the model's device, so a resumed run draws the same ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tessera.config.decoder import DecoderConfig
+from tessera.config.training import TrainConfig
+from tessera.errors import ConfigError
+from tessera.models.decoder import Decoder
+from tessera.training.data import BatchStream, pick_caption, source_image_batches
+from tessera.training.distributed import DistContext
+from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
+
+
+def default_components(data: DataSpec) -> tuple[str, str]:
+    """(CLIP dir, tokenizer dir): the run's, or the shipped shapes pipeline's."""
+    from importlib import resources
+
+    base = Path(str(resources.files("tessera") / "assets" / "shapes" / "pipeline"))
+    return (
+        data.clip or str(base / "clip"),
+        data.tokenizer or str(base / "tokenizer"),
+    )
+
+
+def load_frozen(cfg: DecoderConfig, data: DataSpec) -> tuple[Any, Any]:
+    """The frozen CLIP (eval mode) and tokenizer, checked against the decoder config."""
+    from tessera.checkpoint import load
+
+    clip_dir, tok_dir = default_components(data)
+    clip = load(clip_dir, kind="clip").eval()
+    tok = load(tok_dir, kind="tokenizer")
+    check_compatible(cfg, clip, tok)
+    return clip, tok
+
+
+def check_compatible(cfg: DecoderConfig, clip: Any, tok: Any) -> None:
+    if clip.config.embed_dim != cfg.clip_dim:
+        raise ConfigError(
+            f"decoder.clip_dim {cfg.clip_dim} != the CLIP's embed_dim {clip.config.embed_dim}"
+        )
+    if tok.vocab_size > cfg.vocab_size or tok.max_length > cfg.text_length:
+        raise ConfigError(
+            f"the tokenizer (vocab {tok.vocab_size}, {tok.max_length} tokens) does not fit "
+            f"the decoder (vocab {cfg.vocab_size}, {cfg.text_length} tokens)"
+        )
+
+
+@torch.no_grad()
+def clip_embed(clip: Any, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, S, S) in [0, 1] -> L2-normalised CLIP image embeddings (B, D) float32,
+    resized (bilinear, antialiased) to the CLIP's input size when S differs."""
+    size = clip.config.image_size
+    device = next(clip.parameters()).device
+    images = images.to(device).float()
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    return clip.encode_image(images).float()
+
+
+class DecoderBatches:
+    """``{"images": (B, 3, S, S) in [0, 1], "text": (B, L) ids, "clip_emb": (B, D)}``;
+    resumable through the wrapped image stream."""
+
+    def __init__(self, inner: BatchStream, clip: Any, tokenizer: Any) -> None:
+        self.inner, self.clip, self.tokenizer = inner, clip, tokenizer
+
+    def __iter__(self) -> DecoderBatches:
+        return self
+
+    def __next__(self) -> dict[str, torch.Tensor]:
+        batch = next(self.inner)
+        captions = [pick_caption(c) for c in batch["captions"]]
+        enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True)
+        return {
+            "images": batch["images"],
+            "text": enc.ids,
+            "clip_emb": clip_embed(self.clip, batch["images"]),
+        }
+
+    def state_dict(self) -> dict[str, int]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.inner.load_state_dict(state)
+
+
+def make_batches(
+    cfg: DecoderConfig, train: TrainConfig, data: DataSpec, ctx: DistContext
+) -> BatchStream:
+    clip, tok = load_frozen(cfg, data)
+    inner = source_image_batches(
+        data.source,
+        image_size=cfg.image_size,
+        batch_size=train.batch_size,
+        seed=data.seed,
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        num_workers=train.num_workers,
+    )
+    return DecoderBatches(inner, clip, tok)
+
+
+def make_objective(cfg: DecoderConfig) -> Objective:
+    from tessera.diffusion import diffusion_loss, q_sample, schedule_for
+
+    schedule = schedule_for(cfg.diffusion)
+
+    def objective(model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        device = next(model.parameters()).device
+        x0 = batch["images"].to(device).float() * 2 - 1  # the diffusion's [-1, 1]
+        b = x0.shape[0]
+        g = torch.Generator(device=device).manual_seed(step)
+        t = torch.randint(0, schedule.num_steps, (b,), generator=g, device=device)
+        noise = torch.randn(x0.shape, generator=g, device=device)
+        drop_clip = torch.rand(b, generator=g, device=device) < cfg.clip_dropout
+        drop_text = torch.rand(b, generator=g, device=device) < cfg.text_dropout
+        x_t = q_sample(schedule, x0, t, noise)
+        out = model(
+            x_t,
+            t,
+            clip_emb=batch["clip_emb"].to(device),
+            text=batch["text"].to(device),
+            drop_clip=drop_clip,
+            drop_text=drop_text,
+        )
+        loss, terms = diffusion_loss(
+            out.float(), x0=x0, x_t=x_t, t=t, noise=noise, s=schedule, cfg=cfg.diffusion
+        )
+        metrics = {k: float(v.detach().mean()) for k, v in terms.items()}
+        return loss.mean(), metrics
+
+    return objective
+
+
+def eval_batch(cfg: DecoderConfig, clip: Any, tok: Any, n: int = 16) -> dict[str, Any]:
+    """``n`` fixed ``shapes`` eval images with their canonical-first caption, ids and
+    CLIP embeddings."""
+    from tessera.training.data import shapes_image_batches
+
+    batch = next(
+        shapes_image_batches(
+            split="eval", image_size=cfg.image_size, batch_size=n, seed=0, rank=0, world_size=1
+        )
+    )
+    captions = [c[0] if isinstance(c, list | tuple) else c for c in batch["captions"]]
+    return {
+        "images": batch["images"],
+        "captions": captions,
+        "text": tok.encode_batch(captions, add_eos=True).ids,
+        "clip_emb": clip_embed(clip, batch["images"]),
+    }
+
+
+def make_sample_hook(cfg: DecoderConfig, data: DataSpec) -> Callable[[nn.Module, int, Path], None]:
+    """Every ``sample_every`` updates: 16 fixed eval images decoded from their CLIP embedding
+    and caption (25 DDIM steps, guidance 3), a side-by-side grid, and the share passing the
+    checker for their caption, appended to ``eval.jsonl``."""
+    held: dict[str, Any] = {}
+
+    def hook(model: nn.Module, step: int, out_dir: Path) -> None:
+        from tessera.data.images import save_side_by_side, to_uint8
+        from tessera.data.shapes import check_image
+        from tessera.sampling.unclip import decode
+
+        if not held:
+            clip, tok = load_frozen(cfg, data)
+            held.update(eval_batch(cfg, clip, tok))
+        g = torch.Generator(device=next(model.parameters()).device).manual_seed(0)
+        images = decode(model, held["clip_emb"], held["text"], steps=25, generator=g)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_side_by_side(held["images"], images, out_dir / f"decoder_{step:07d}.png")
+        passed = [
+            check_image(img, cap).passed for img, cap in zip(to_uint8(images), held["captions"])
+        ]
+        record = {"step": step, "checker_pass": sum(passed) / len(passed), "n": len(passed)}
+        with (out_dir.parent / "eval.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    return hook
+
+
+def build_model(cfg: DecoderConfig) -> Decoder:
+    return Decoder(cfg)
+
+
+def export(model: nn.Module, cfg: DecoderConfig, out_dir: Path, data: DataSpec) -> Path:
+    """The decoder checkpoint, with the tokenizer its captions use."""
+    from tessera.checkpoint import save
+
+    _, tok = load_frozen(cfg, data)
+    return save(out_dir, config=cfg, model=model, tokenizer=tok, overwrite=True)
+
+
+STAGE = Stage(
+    name="decoder",
+    model_config_cls=DecoderConfig,
+    presets=stage_presets("decoder"),
+    build_model=build_model,
+    objective=make_objective,
+    make_batches=make_batches,
+    sample_hook=make_sample_hook,
+    export=export,
+)
