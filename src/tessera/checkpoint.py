@@ -269,3 +269,11 @@ def load_legacy_state_dict(path: str | Path, *, allow_legacy_pt: bool = False) -
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} does not hold a state dict (got {type(obj).__name__})")
     return obj
+
+
+def shipped_dir(*parts: str) -> Path:
+    """A folder of the checkpoints shipped inside the package: ``shipped_dir("pipeline")``
+    is ``tessera/assets/shapes/pipeline`` (the DALL·E pipeline trained on ``shapes``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("tessera") / "assets" / "shapes")).joinpath(*parts)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,9 @@ DEMO_PROMPTS: tuple[tuple[str, str], ...] = (
 
 def default_model_dir() -> Path:
     """Where the shipped shapes models live (``tessera/assets/shapes``)."""
-    return Path(str(resources.files("tessera") / "assets" / "shapes"))
+    from tessera.checkpoint import shipped_dir
+
+    return shipped_dir()
 
 
 def default_pipeline_dir() -> Path:

@@ -21,7 +21,7 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     (
         "decoder",
         "unCLIP: train and use the diffusion decoder (CLIP embedding -> image)",
-        ["decoder"],
+        ["decoder", "decoder_reconstruct"],
     ),
     ("upsampler", "unCLIP: train the diffusion upsamplers", ["upsampler"]),
     ("eval", "evaluate images from files: FID, IS, CLIP score, caption fidelity", ["eval"]),

@@ -87,6 +87,13 @@ def _unet(size: int, mc: int, mult: tuple[int, ...], blocks: int, **kw: float) -
     )
 
 
+# The shapes upsamplers sample in 7 DDIM steps: v-prediction (Salimans & Ho 2022) instead of
+# the paper's eps, whose x0 estimate at the first, noisiest step (abar ~ 1e-5 with cosine) is
+# the prediction error amplified ~300x: measured, eps left tinted backgrounds (16.8 dB PSNR
+# after 1000 updates of shapes-64).
+_FEW_STEP = DiffusionConfig(prediction="v")
+
+
 @register_preset("upsampler", "tiny")
 def _tiny() -> UpsamplerConfig:
     return UpsamplerConfig(
@@ -98,7 +105,10 @@ def _tiny() -> UpsamplerConfig:
 def _shapes_64() -> UpsamplerConfig:
     # stage 1 of shapes: 32 -> 64, trained on 16 px crops (a quarter of the side)
     return UpsamplerConfig(
-        unet=_unet(64, 32, (1, 2), 2, num_groups=16), low_res_size=32, crop_size=16
+        unet=_unet(64, 32, (1, 2), 2, num_groups=16),
+        diffusion=_FEW_STEP,
+        low_res_size=32,
+        crop_size=16,
     )
 
 
@@ -107,6 +117,7 @@ def _shapes_128() -> UpsamplerConfig:
     # stage 2 of shapes: 64 -> 128 with the BSR degradation, trained on 32 px crops
     return UpsamplerConfig(
         unet=_unet(128, 32, (1, 1, 2), 1, num_groups=16),
+        diffusion=_FEW_STEP,
         low_res_size=64,
         degradation="bsr",
         crop_size=32,

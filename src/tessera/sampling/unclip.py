@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tessera.diffusion import (
@@ -23,6 +24,19 @@ from tessera.diffusion import (
     respace,
     schedule_for,
 )
+
+
+@torch.no_grad()
+def embed_images(clip: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, S, S) in [0, 1] -> L2-normalised CLIP image embeddings z_i (B, D) float32,
+    resized (bilinear, antialiased) to the CLIP's input size when S differs."""
+    size = clip.config.image_size  # type: ignore[attr-defined]
+    device = next(clip.parameters()).device
+    images = images.to(device).float()
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+    with torch.autocast(device.type, enabled=False):
+        return clip.encode_image(images).float()  # type: ignore[operator]
 
 
 def sampling_schedule(cfg_diffusion: object, steps: int) -> Schedule:

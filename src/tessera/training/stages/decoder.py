@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tessera.config.decoder import DecoderConfig
 from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
 from tessera.models.decoder import Decoder
+from tessera.sampling.unclip import embed_images
 from tessera.training.data import BatchStream, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
 from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
@@ -29,9 +29,9 @@ from tessera.training.stages.base import DataSpec, Objective, Stage, stage_prese
 
 def default_components(data: DataSpec) -> tuple[str, str]:
     """(CLIP dir, tokenizer dir): the run's, or the shipped shapes pipeline's."""
-    from importlib import resources
+    from tessera.checkpoint import shipped_dir
 
-    base = Path(str(resources.files("tessera") / "assets" / "shapes" / "pipeline"))
+    base = shipped_dir("pipeline")
     return (
         data.clip or str(base / "clip"),
         data.tokenizer or str(base / "tokenizer"),
@@ -61,18 +61,6 @@ def check_compatible(cfg: DecoderConfig, clip: Any, tok: Any) -> None:
         )
 
 
-@torch.no_grad()
-def clip_embed(clip: Any, images: torch.Tensor) -> torch.Tensor:
-    """Images (B, 3, S, S) in [0, 1] -> L2-normalised CLIP image embeddings (B, D) float32,
-    resized (bilinear, antialiased) to the CLIP's input size when S differs."""
-    size = clip.config.image_size
-    device = next(clip.parameters()).device
-    images = images.to(device).float()
-    if images.shape[-1] != size:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
-    return clip.encode_image(images).float()
-
-
 class DecoderBatches:
     """``{"images": (B, 3, S, S) in [0, 1], "text": (B, L) ids, "clip_emb": (B, D)}``;
     resumable through the wrapped image stream."""
@@ -90,7 +78,7 @@ class DecoderBatches:
         return {
             "images": batch["images"],
             "text": enc.ids,
-            "clip_emb": clip_embed(self.clip, batch["images"]),
+            "clip_emb": embed_images(self.clip, batch["images"]),
         }
 
     def state_dict(self) -> dict[str, int]:
@@ -163,7 +151,7 @@ def eval_batch(cfg: DecoderConfig, clip: Any, tok: Any, n: int = 16) -> dict[str
         "images": batch["images"],
         "captions": captions,
         "text": tok.encode_batch(captions, add_eos=True).ids,
-        "clip_emb": clip_embed(clip, batch["images"]),
+        "clip_emb": embed_images(clip, batch["images"]),
     }
 
 
