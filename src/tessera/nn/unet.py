@@ -108,7 +108,8 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over the ``H * W`` pixels, whose keys and values are prefixed with the
     projected context tokens when a context is given (GLIDE's ``encoder_kv``): every pixel
-    attends to the pixels and to the context."""
+    attends to the pixels and to the context. Projections are ``nn.Linear`` on the
+    (B, HW, C) layout (1x1 ``Conv1d``s took PyTorch's slow conv path in fp32 on CPU)."""
 
     def __init__(
         self, channels: int, *, head_channels: int, context_dim: int = 0, groups: int = 32
@@ -116,9 +117,9 @@ class AttentionBlock(nn.Module):
         super().__init__()
         self.heads = channels // head_channels
         self.norm = GroupNorm32(groups, channels)
-        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
-        self.context_kv = nn.Conv1d(context_dim, 2 * channels, 1) if context_dim else None
-        self.proj = zero_module(nn.Conv1d(channels, channels, 1))
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.context_kv = nn.Linear(context_dim, 2 * channels) if context_dim else None
+        self.proj = zero_module(nn.Linear(channels, channels))
 
     def forward(
         self,
@@ -127,18 +128,17 @@ class AttentionBlock(nn.Module):
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, c, hgt, wid = x.shape
-        qkv = self.qkv(self.norm(x).reshape(b, c, -1))  # (B, 3C, HW)
-        q, k, v = qkv.reshape(b, 3, self.heads, c // self.heads, -1).unbind(1)  # (B, h, d, HW)
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        qkv = self.qkv(h).view(b, -1, 3, self.heads, c // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, HW, d)
         mask = None
         if context is not None and self.context_kv is not None:
-            ckv = self.context_kv(context.transpose(1, 2).to(qkv.dtype))  # (B, 2C, L)
-            ck, cv = ckv.reshape(b, 2, self.heads, c // self.heads, -1).unbind(1)
-            k, v = torch.cat([ck, k], dim=-1), torch.cat([cv, v], dim=-1)
+            ckv = self.context_kv(context.to(h.dtype)).view(b, -1, 2, self.heads, c // self.heads)
+            ck, cv = ckv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, d)
+            k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
             if context_mask is not None:
                 pixels = context_mask.new_ones(b, hgt * wid)
                 mask = torch.cat([context_mask, pixels], dim=1)[:, None, None, :]  # (B,1,1,L+HW)
-        out = F.scaled_dot_product_attention(
-            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2), attn_mask=mask
-        )  # (B, h, HW, d)
-        out = out.transpose(-1, -2).reshape(b, c, -1)
-        return x + self.proj(out).reshape(b, c, hgt, wid)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, HW, d)
+        out = self.proj(out.transpose(1, 2).reshape(b, -1, c))  # (B, HW, C)
+        return x + out.transpose(1, 2).reshape(b, c, hgt, wid)

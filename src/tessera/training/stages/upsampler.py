@@ -3,8 +3,8 @@
 corrupted (blur or BSR) -> the diffusion loss of the super-resolution UNet.
 
 The crop positions, corruptions, noise levels and noise of update ``step`` come from
-generators seeded with ``step`` (a CPU one for the pixel work, one on the model's device for
-the diffusion draws), so a resumed run draws the same ones.
+generators seeded from ``step`` (a CPU one for the pixel work, one on the model's device for
+the diffusion draws, with different seeds), so a resumed run draws the same ones.
 """
 
 from __future__ import annotations
@@ -76,6 +76,9 @@ def make_batches(
     )
 
 
+PIXEL_SEED_OFFSET = 1 << 32  # seeds of the crop / corruption generators: offset + step
+
+
 def make_objective(cfg: UpsamplerConfig) -> Objective:
     from tessera.diffusion import diffusion_loss, q_sample, schedule_for
 
@@ -83,8 +86,11 @@ def make_objective(cfg: UpsamplerConfig) -> Objective:
 
     def objective(model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         device = next(model.parameters()).device
+        # the pixel draws get their own seed: on a CPU device, two generators seeded alike give
+        # the same numbers (the crop rows would be t mod the number of positions)
+        pixels = torch.Generator().manual_seed(PIXEL_SEED_OFFSET + step)
         with torch.autocast(device.type, enabled=False):  # pixel work in float32
-            target, low = training_pair(cfg, batch["images"], torch.Generator().manual_seed(step))
+            target, low = training_pair(cfg, batch["images"], pixels)
         x0 = target.to(device) * 2 - 1
         b = x0.shape[0]
         g = torch.Generator(device=device).manual_seed(step)
