@@ -9,3 +9,39 @@ from tessera.cli.train_common import add_train_command
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     add_train_command(subparsers, "upsampler")
+    p = subparsers.add_parser(
+        "info",
+        help="parameter counts and diffusion config of an upsampler preset",
+        description=(
+            "Print, as JSON, an upsampler preset's sizes (low-resolution input, output, "
+            "training crop), its parameter counts (counted on the meta device, so the paper's "
+            "sizes cost nothing) and its diffusion config; for the paper's presets also "
+            "Table 3's size and the relative difference."
+        ),
+    )
+    p.add_argument("--preset", default="tiny", help="upsampler preset (default: tiny)")
+    p.set_defaults(func=_info)
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from tessera.config.presets import preset
+    from tessera.models.upsampler import PAPER_PARAMETERS, parameter_counts
+
+    cfg = preset("upsampler", args.preset)
+    counts = parameter_counts(cfg)
+    info = {
+        "preset": args.preset,
+        "image_size": cfg.image_size,
+        "low_res_size": cfg.low_res_size,
+        "crop_size": cfg.crop_size,
+        "parameters": counts,
+        "diffusion": cfg.diffusion.to_dict(),
+    }
+    if args.preset in PAPER_PARAMETERS:
+        paper = PAPER_PARAMETERS[args.preset]
+        info["paper_parameters"] = paper
+        info["relative_difference"] = round(counts["total"] / paper - 1, 4)
+    print(json.dumps(info, indent=2))
+    return 0

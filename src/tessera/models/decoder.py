@@ -21,7 +21,7 @@ from torch import nn
 
 from tessera.config.decoder import DecoderConfig
 from tessera.models.clip import Transformer
-from tessera.models.unet import UNet
+from tessera.models.unet import UNet, count_parameters
 
 PAD_ID = 0  # tessera's tokenizer pads with <pad> = 0, which never occurs inside a caption
 
@@ -119,3 +119,27 @@ class Decoder(nn.Module):
         """x_t: (B, 3, S, S) in the diffusion's [-1, 1] space; t: (B,) training timesteps."""
         emb, context = self.condition(clip_emb, text, drop_clip=drop_clip, drop_text=drop_text)
         return self.unet(x_t, t, emb=emb, context=context)
+
+
+# Table 3 of the paper: the decoder's size (GLIDE's 3.5B model: its ~2.3B UNet and 1.2B text
+# transformer), by preset name.
+PAPER_PARAMETERS: dict[str, int] = {"unclip": 3_500_000_000}
+
+
+def parameter_counts(cfg: DecoderConfig) -> dict[str, int]:
+    """Parameters by part: ``unet``, ``caption_transformer`` (the whole caption path: token,
+    position and padding embeddings, transformer, final norm; 0 without text),
+    ``projections`` (the null embedding and the projections of z_i and of the caption into
+    the timestep embedding and the context) and ``total``. Built on the meta device, so the
+    paper's 3.5B size allocates nothing."""
+    with torch.device("meta"):
+        model = Decoder(cfg)
+    unet = count_parameters(model.unet)
+    text = count_parameters(model.text) if cfg.has_text else 0
+    total = count_parameters(model)
+    return {
+        "unet": unet,
+        "caption_transformer": text,
+        "projections": total - unet - text,
+        "total": total,
+    }

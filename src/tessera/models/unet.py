@@ -17,17 +17,31 @@ from torch import nn
 from tessera.config.unet import UNetConfig
 from tessera.nn.unet import (
     AttentionBlock,
+    Downsample,
     GroupNorm32,
     ResBlock,
+    Upsample,
     timestep_embedding,
     zero_module,
 )
 
 
+class _Resample(nn.Module):
+    """A plain conv resampler where a resampling residual block would be
+    (``resblock_updown=False``); takes and ignores the timestep embedding."""
+
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        self.op = op
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.op(h)
+
+
 class _Level(nn.Module):
     """A residual block, optionally followed by attention (one "layer" of a level)."""
 
-    def __init__(self, res: ResBlock, attn: AttentionBlock | None) -> None:
+    def __init__(self, res: nn.Module, attn: AttentionBlock | None) -> None:
         super().__init__()
         self.res, self.attn = res, attn
 
@@ -70,7 +84,8 @@ class UNet(nn.Module):
                 ch = mc * mult
                 skips.append(ch)
             if level < len(cfg.channel_mult) - 1:
-                self.down.append(_Level(res(ch, ch, down=True), None))
+                down = res(ch, ch, down=True) if cfg.resblock_updown else _Resample(Downsample(ch))
+                self.down.append(_Level(down, None))
                 skips.append(ch)
                 side //= 2
         mid_attn = (
@@ -89,7 +104,8 @@ class UNet(nn.Module):
                 self.up_is_resample.append(False)
                 ch = mc * mult
             if level > 0:
-                self.up.append(_Level(res(ch, ch, up=True), None))
+                up = res(ch, ch, up=True) if cfg.resblock_updown else _Resample(Upsample(ch))
+                self.up.append(_Level(up, None))
                 self.up_is_resample.append(True)
                 side *= 2
         self.out = nn.Sequential(
@@ -136,4 +152,5 @@ class UNet(nn.Module):
 
 
 def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (works on the meta device: nothing is allocated)."""
     return sum(p.numel() for p in module.parameters())

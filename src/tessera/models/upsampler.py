@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from tessera.config.upsampler import UpsamplerConfig
-from tessera.models.unet import UNet
+from tessera.models.unet import UNet, count_parameters
 
 
 class Upsampler(nn.Module):
@@ -20,3 +20,15 @@ class Upsampler(nn.Module):
         """x_t: (B, 3, H, W) in [-1, 1] space (a crop in training); low_res: (B, 3, H/k, W/k)
         in [-1, 1], resized bilinearly to (H, W) and concatenated. -> raw output."""
         return self.unet(x_t, t, low_res=low_res)
+
+
+# Table 3 of the paper: the upsamplers' sizes, by preset name.
+PAPER_PARAMETERS: dict[str, int] = {"unclip-256": 700_000_000, "unclip-1024": 300_000_000}
+
+
+def parameter_counts(cfg: UpsamplerConfig) -> dict[str, int]:
+    """Parameters by part: ``unet`` and ``total`` (the same: an upsampler is its UNet).
+    Built on the meta device, so the paper's sizes allocate nothing."""
+    with torch.device("meta"):
+        model = Upsampler(cfg)
+    return {"unet": count_parameters(model.unet), "total": count_parameters(model)}

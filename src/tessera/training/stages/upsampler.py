@@ -76,7 +76,9 @@ def make_batches(
     )
 
 
-PIXEL_SEED_OFFSET = 1 << 32  # seeds of the crop / corruption generators: offset + step
+# seeds of the crop / corruption generators: offset + step (CPU generators keep only the low
+# 32 bits of a seed, so the offset is below 2**32)
+PIXEL_SEED_OFFSET = 0x9E3779B9
 
 
 def make_objective(cfg: UpsamplerConfig) -> Objective:
