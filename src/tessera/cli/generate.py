@@ -15,7 +15,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("prompt", nargs="*", help="text prompt(s)")
-    p.add_argument("--model", help="pipeline directory (default: the shipped shapes model)")
+    p.add_argument(
+        "--model",
+        default="dalle",
+        help="dalle (default: the shipped DALL·E model), unclip (the shipped DALL·E 2 model) or "
+        "a pipeline directory of either kind",
+    )
     p.add_argument("--vae", help="dVAE checkpoint, if not in MODEL/vae")
     p.add_argument("--prompts", help="file with one prompt per line")
     p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
@@ -26,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, help="nucleus mass; 1 keeps all (default: pipeline's)")
     p.add_argument("--threshold", type=float, help="min probability / max prob.")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: none)")
+    # unCLIP flags (default: the pipeline's own settings)
+    p.add_argument("--prior-kind", choices=("diffusion", "ar"), help="unCLIP: which prior")
+    p.add_argument("--prior-guidance", type=float, help="unCLIP: the prior's guidance scale")
+    p.add_argument("--prior-steps", type=int, help="unCLIP: DDIM steps of the diffusion prior")
+    p.add_argument("--decoder-guidance", type=float, help="unCLIP: the decoder's guidance")
+    p.add_argument("--decoder-steps", type=int, help="unCLIP: DDIM steps of the decoder")
+    p.add_argument("--upsampler-steps", type=int, help="unCLIP: DDIM steps of each upsampler")
     p.add_argument("--image-prompt", help="image whose top rows are kept")
     p.add_argument("--keep-rows", type=int, default=0, help="token rows of the image prompt kept")
     p.add_argument("--batch-size", type=int, default=64, help="streams sampled at once")
@@ -51,24 +63,27 @@ def _generate(args: argparse.Namespace) -> int:
         raise DataError("give a prompt or --prompts FILE")
     if args.image_prompt and args.keep_rows < 1:
         raise ConfigError("--image-prompt needs --keep-rows R >= 1")
-    if args.model is None:
-        from tessera.apps.demo import default_pipeline_dir
+    from tessera.checkpoint import shipped_dir
 
-        args.model = str(default_pipeline_dir())
+    model = {"dalle": "pipeline", "unclip": "unclip"}.get(args.model)
+    if model is not None:
+        folder = shipped_dir(model)
+        if not folder.is_dir():
+            raise ConfigError(f"the shipped {args.model} model is not installed ({folder})")
+        args.model = str(folder)
     options = {k: v for k, v in (("vae", args.vae), ("clip", args.clip)) if v is not None}
+    if options and (Path(args.model) / "model_index.json").is_file():
+        from tessera.pipelines.base import read_index
+
+        if read_index(args.model).pipeline != "dalle":
+            raise ConfigError("--vae and --clip apply to DALL·E pipelines only")
     pipe = load_pipeline(args.model, **options)
-    flags = {
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "threshold": args.threshold,
-        "guidance": args.guidance,
-    }
+    flags = _flags(args, pipe.kind)
     try:
         settings = dataclasses.replace(
             pipe.settings, **{k: v for k, v in flags.items() if v is not None}
         )
-    except ValueError as e:
+    except (ValueError, ConfigError) as e:
         raise ConfigError(str(e)) from None
     n, keep = _candidates(args, "rerank" in pipe.capabilities)
     if getattr(pipe, "reranker", None) is not None:
@@ -78,15 +93,15 @@ def _generate(args: argparse.Namespace) -> int:
         from tessera.data.images import load_images
 
         _, image = load_images([args.image_prompt], pipe.image_size)
+    extra_args = {} if image is None else {"image_prompt": image, "keep_rows": args.keep_rows}
     samples = pipe.generate(
         prompts,
         n=n,
         settings=settings,
         seed=args.seed,
-        image_prompt=image,
-        keep_rows=args.keep_rows,
         batch_size=args.batch_size,
         keep=keep,
+        **extra_args,
     )
     extra = {"image_prompt": args.image_prompt, "keep_rows": args.keep_rows}
     if keep is not None:
@@ -94,6 +109,33 @@ def _generate(args: argparse.Namespace) -> int:
     out = write_samples(args.out, samples, seed=args.seed, settings=settings, extra=extra)
     print(f"wrote {len(samples.prompts)} samples for {len(prompts)} prompt(s) to {out}")
     return 0
+
+
+def _flags(args: argparse.Namespace, kind: str) -> dict[str, object]:
+    """The sampling flags given, as settings of the pipeline's kind (others are an error)."""
+    from tessera.errors import ConfigError
+
+    dalle = {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "threshold": args.threshold,
+        "guidance": args.guidance,
+    }
+    unclip = {
+        "prior_kind": args.prior_kind,
+        "prior_guidance": args.prior_guidance,
+        "prior_steps": args.prior_steps,
+        "decoder_guidance": args.decoder_guidance,
+        "decoder_steps": args.decoder_steps,
+        "upsampler_steps": args.upsampler_steps,
+    }
+    mine, other = (dalle, unclip) if kind == "dalle" else (unclip, dalle)
+    wrong = [k for k, v in other.items() if v is not None]
+    if wrong or (kind != "dalle" and args.image_prompt):
+        names = ", ".join("--" + k.replace("_", "-") for k in wrong) or "--image-prompt"
+        raise ConfigError(f"{names} do(es) not apply to a {kind} pipeline")
+    return mine
 
 
 def _candidates(args: argparse.Namespace, reranks: bool) -> tuple[int, int | None]:

@@ -44,6 +44,7 @@ FORMAT_VERSION = 1
 # pipeline kind -> "module:class" with ``from_folder(path, index, **options)``; imported on use.
 PIPELINE_KINDS: dict[str, str] = {
     "dalle": "tessera.pipelines.dalle:DallePipeline",
+    "unclip": "tessera.pipelines.unclip:UnclipPipeline",
 }
 
 
