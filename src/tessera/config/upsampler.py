@@ -101,6 +101,17 @@ def _tiny() -> UpsamplerConfig:
     )
 
 
+@register_preset("upsampler", "tiny-64")
+def _tiny_64() -> UpsamplerConfig:
+    # after the tiny decoder (32 px) in the tiny-unclip recipe
+    return UpsamplerConfig(
+        unet=_unet(64, 16, (1, 2), 1, num_groups=8),
+        diffusion=_FEW_STEP,
+        low_res_size=32,
+        crop_size=16,
+    )
+
+
 @register_preset("upsampler", "shapes-64")
 def _shapes_64() -> UpsamplerConfig:
     # stage 1 of shapes: 32 -> 64, trained on 16 px crops (a quarter of the side)
@@ -167,6 +178,11 @@ def _train(steps: int, batch: int, lr: float, **kw: object) -> TrainConfig:
 @register_preset("train.upsampler", "tiny")
 def _train_tiny() -> TrainConfig:
     return _train(30, 8, 1e-3, ema_decay=0.9, checkpoint_every=15)
+
+
+@register_preset("train.upsampler", "tiny-64")
+def _train_tiny_64() -> TrainConfig:
+    return _train(10, 8, 1e-3, ema_decay=0.9, checkpoint_every=10)
 
 
 @register_preset("train.upsampler", "shapes-64")
