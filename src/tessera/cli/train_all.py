@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument(
-        "--preset", default="shapes", choices=RECIPES, help="the recipe (default: shapes)"
+        "--preset", default="shapes", help=f"the recipe: {', '.join(RECIPES)} (default: shapes)"
     )
     p.add_argument("--run-dir", default="runs/shapes", help="output folder (default runs/shapes)")
     p.add_argument("--stages", help="comma-separated subset of the recipe's stages (default: all)")
