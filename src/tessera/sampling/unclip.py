@@ -154,6 +154,7 @@ def invert(
             x0,
             prediction=cfg.diffusion.prediction,
             variance=cfg.diffusion.variance,
+            clip_x0=cfg.diffusion.clip_x0,  # the same x0 clamp as decode: one ODE both ways
             progress=progress,
         ).float()
 
