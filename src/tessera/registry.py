@@ -46,6 +46,8 @@ BUILTIN_KINDS: dict[str, tuple[str, str | None, str | None]] = {
         "tessera.models.upsampler:Upsampler",
         None,
     ),
+    "prior": ("tessera.config.prior:PriorConfig", "tessera.models.prior:DiffusionPrior", None),
+    "ar_prior": ("tessera.config.prior:ARPriorConfig", "tessera.models.prior:ARPrior", None),
 }
 
 _KINDS: dict[str, KindSpec] = {}

@@ -24,10 +24,12 @@ GROUPS: list[tuple[str, str, list[str]]] = [
         ["decoder", "decoder_reconstruct"],
     ),
     ("upsampler", "unCLIP: train the diffusion upsamplers", ["upsampler"]),
+    ("prior", "unCLIP: train the priors (caption -> CLIP image embedding)", ["prior"]),
     ("eval", "evaluate images from files: FID, IS, CLIP score, caption fidelity", ["eval"]),
 ]
-# Top-level commands: modules whose ``register(subparsers)`` add one command each.
-COMMANDS: list[str] = ["train_all", "generate", "demo", "serve"]
+# Top-level commands: modules whose ``register(subparsers)`` add one command each, or a few
+# related ones (``manipulate``: variations, interpolate, textdiff).
+COMMANDS: list[str] = ["train_all", "generate", "manipulate", "demo", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

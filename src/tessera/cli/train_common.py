@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 
-def add_train_command(subparsers: argparse._SubParsersAction, stage_name: str) -> None:
+def add_train_command(
+    subparsers: argparse._SubParsersAction,
+    stage_name: str,
+    kinds: dict[str, str] | None = None,
+) -> None:
+    """Add ``train`` for ``stage_name``; with ``kinds`` (``--kind`` value -> stage name, the
+    first the default) one command trains any of several stages."""
     p = subparsers.add_parser(
         "train",
         help=f"train the {stage_name} stage (re-running resumes)",
@@ -28,7 +34,17 @@ def add_train_command(subparsers: argparse._SubParsersAction, stage_name: str) -
     p.add_argument("--resume", default="auto", help="auto (default) | none | CHECKPOINT_DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.set_defaults(func=lambda args: run_train(args, stage_name))
+    if kinds:
+        names = list(kinds)
+        p.add_argument(
+            "--kind",
+            choices=names,
+            default=names[0],
+            help=f"which {stage_name} to train (default: {names[0]})",
+        )
+        p.set_defaults(func=lambda args: run_train(args, kinds[args.kind]))
+    else:
+        p.set_defaults(func=lambda args: run_train(args, stage_name))
 
 
 def run_train(args: argparse.Namespace, stage_name: str) -> int:

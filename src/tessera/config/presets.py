@@ -14,6 +14,7 @@ from tessera.config import (  # noqa: F401
     data,
     decoder,
     diffusion,
+    prior,
     shapes,
     text,
     training,

@@ -19,6 +19,8 @@ STAGES: dict[str, str] = {
     "clip": "tessera.training.stages.clip:STAGE",
     "decoder": "tessera.training.stages.decoder:STAGE",
     "upsampler": "tessera.training.stages.upsampler:STAGE",
+    "prior": "tessera.training.stages.prior:STAGE",
+    "ar_prior": "tessera.training.stages.prior:AR_STAGE",
 }
 
 

@@ -45,6 +45,9 @@ class Stage:
     make_batches: (model config, train config, data, ctx) -> resumable batch stream.
     sample_hook: (model config, data) -> hook(model, step, out_dir) writing samples, or None.
     export: (model with EMA weights, model config, out_dir, data) -> release checkpoint dir.
+    prepare: (model, model config, data) -> None, run once on the freshly built model before
+      the trainer copies it (e.g. the AR prior fits its PCA codebook from data); it must be
+      deterministic, since a resumed run prepares again before loading its checkpoint.
     needs: DataSpec fields the stage requires (e.g. ``("vae", "tokenizer")``).
     """
 
@@ -56,6 +59,7 @@ class Stage:
     make_batches: Callable[[Any, TrainConfig, DataSpec, DistContext], BatchStream]
     sample_hook: Callable[[Any, DataSpec], Callable[[nn.Module, int, Path], None]] | None = None
     export: Callable[[nn.Module, Any, Path, DataSpec], Path] | None = None
+    prepare: Callable[[nn.Module, Any, DataSpec], None] | None = None
     needs: tuple[str, ...] = ()
 
 

@@ -111,6 +111,8 @@ def train_stage(
     ctx = init_distributed()
     torch.manual_seed(train_cfg.seed)
     model = stage.build_model(model_cfg)
+    if stage.prepare is not None:
+        stage.prepare(model, model_cfg, spec)
     trainer = Trainer(
         model=model,
         objective=stage.objective(model_cfg),
