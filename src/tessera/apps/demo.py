@@ -7,6 +7,10 @@ by the shapes checker. An image-prompt example keeps the top half of real eval i
 the model complete the rest from the caption (the paper's image-to-image translation).
 Writes ``grid.png`` (a row per prompt), ``image_prompt.png``, ``index.html`` (self-contained)
 and ``manifest.jsonl`` + PNGs, so ``tessera eval fidelity`` can re-score them.
+
+When the shipped DALL·E 2 (unCLIP) pipeline is installed too, the same prompts go through it
+(``unclip/``: its samples and manifest) and ``side_by_side.png`` shows both generators' kept
+samples per prompt (DALL·E's 32 px images enlarged to unCLIP's 128 px).
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ import numpy as np
 
 from tessera.errors import CheckpointError
 
-__all__ = ["DEMO_PROMPTS", "default_model_dir", "default_pipeline_dir", "run_generation_demo"]
+__all__ = [
+    "DEMO_PROMPTS",
+    "default_model_dir",
+    "default_pipeline_dir",
+    "default_unclip_dir",
+    "run_generation_demo",
+]
 
 # (prompt, what it exercises); held-out pairs: green triangle, blue circle, purple square.
 DEMO_PROMPTS: tuple[tuple[str, str], ...] = (
@@ -48,6 +58,11 @@ def default_pipeline_dir() -> Path:
     return default_model_dir() / "pipeline"
 
 
+def default_unclip_dir() -> Path:
+    """The shipped DALL·E 2 (unCLIP) pipeline folder."""
+    return default_model_dir() / "unclip"
+
+
 def _require(path: Path, what: str) -> Path:
     if not ((path / "config.json").is_file() or (path / "model_index.json").is_file()):
         raise CheckpointError(
@@ -66,8 +81,10 @@ def run_generation_demo(
     keep: int = 4,
     seed: int = 0,
     guidance: float | None = None,
+    unclip: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the demo; returns (and writes to ``summary.json``) its figures."""
+    """Run the demo; returns (and writes to ``summary.json``) its figures. unclip: an unCLIP
+    pipeline folder to compare with (default: the shipped one, when installed; "" = none)."""
     import torch
 
     from tessera.config.shapes import ShapesConfig
@@ -110,6 +127,11 @@ def run_generation_demo(
     tiles = [t for i in range(4) for t in (real[i], shown[i], done[i])]
     (out / "image_prompt.png").write_bytes(grid_png(tiles, ncol=3))
 
+    unclip_dir = default_unclip_dir() if unclip is None else (Path(unclip) if unclip else None)
+    compare = None
+    if unclip_dir is not None and (unclip_dir / "model_index.json").is_file():
+        compare = _unclip_side(out, unclip_dir, prompts, samples, candidates, keep, seed)
+
     seconds = time.perf_counter() - t0
     table_rows = []
     for i, (prompt, what) in enumerate(DEMO_PROMPTS):
@@ -122,6 +144,19 @@ def run_generation_demo(
         "checker_pass": sum(verdicts) / len(verdicts),
         "seconds": round(seconds, 1),
     }
+    extra_sections: list[Any] = []
+    if compare is not None:
+        summary["unclip_checker_pass"] = compare["checker_pass"]
+        summary["unclip_seconds"] = compare["seconds"]
+        extra_sections.append(
+            Image(
+                "DALL·E | DALL·E 2 (unCLIP), the same prompts",
+                (out / "side_by_side.png").read_bytes(),
+                f"best {keep} of {candidates} each; checker pass: DALL·E "
+                f"{100 * summary['checker_pass']:.0f}%, unCLIP "
+                f"{100 * compare['checker_pass']:.0f}%",
+            )
+        )
     write_report(
         out / "index.html",
         title="tessera: text to image on shapes",
@@ -137,8 +172,45 @@ def run_generation_demo(
                 (out / "image_prompt.png").read_bytes(),
                 "; ".join(captions),
             ),
+            *extra_sections,
             Text("How these were made", f"tessera demo --seed {seed}: {seconds:.1f} s"),
         ],
     )
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary
+
+
+def _unclip_side(
+    out: Path,
+    path: Path,
+    prompts: list[str],
+    dalle_samples: Any,
+    candidates: int,
+    keep: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The same prompts through the unCLIP pipeline: ``unclip/`` samples and manifest, and
+    ``side_by_side.png`` (a row per prompt: DALL·E's kept samples, then unCLIP's)."""
+    from tessera.data.images import grid_png, resize_uint8, to_uint8
+    from tessera.data.shapes import check_image
+    from tessera.pipelines import load_pipeline, write_samples
+
+    t0 = time.perf_counter()
+    pipe = load_pipeline(path)
+    samples = pipe.generate(prompts, n=candidates, keep=keep, seed=seed)
+    write_samples(
+        out / "unclip", samples, seed=seed, settings=pipe.settings, extra={"candidates": candidates}
+    )
+    ours = to_uint8(samples.images)
+    verdicts = [bool(check_image(img, p).passed) for img, p in zip(ours, samples.prompts)]
+    side = ours.shape[1]
+    theirs = [resize_uint8(im, (side, side)) for im in to_uint8(dalle_samples.images)]
+    tiles = []
+    for i in range(len(prompts)):
+        tiles += [t for t, j in zip(theirs, dalle_samples.prompt_index) if j == i]
+        tiles += [t for t, j in zip(ours, samples.prompt_index) if j == i]
+    (out / "side_by_side.png").write_bytes(grid_png(tiles, ncol=2 * keep))
+    return {
+        "checker_pass": sum(verdicts) / len(verdicts),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }

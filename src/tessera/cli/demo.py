@@ -52,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
             f"{s['prompts']} prompts x best {s['keep']} of {s['candidates']}: "
             f"{100 * s['checker_pass']:.0f}% pass the shapes checker ({s['seconds']:.0f} s)"
         )
+        if "unclip_checker_pass" in s:
+            print(
+                f"DALL·E 2 (unCLIP), the same prompts: {100 * s['unclip_checker_pass']:.0f}% pass "
+                f"({s['unclip_seconds']:.0f} s); side_by_side.png"
+            )
         print(f"wrote {args.out}/grid.png, image_prompt.png, index.html, manifest.jsonl")
         return 0
     return _data_demo(args)
