@@ -32,6 +32,13 @@ class TrainConfig(Config):
     checkpoint_every / keep_last: periodic atomic checkpoints, the newest ``keep_last`` kept.
     max_consecutive_skips: stop after this many non-finite steps in a row.
     powersgd_rank: > 0 enables the PowerSGD DDP communication hook with that matrix rank.
+    parallelism: how several processes share the model. ``ddp``: a full replica per rank,
+      gradients all-reduced (optionally PowerSGD); checkpoints are safetensors and resume on
+      the same world size. ``fsdp``: FSDP2 (``fully_shard``) per block of the model's
+      ``fsdp_units()`` then the root, parameters / gradients / optimizer state / EMA sharded
+      over the ranks, bf16/fp16 through a ``MixedPrecisionPolicy`` (fp32 reduction);
+      checkpoints go through torch's distributed checkpoint (DCP) and resume on any world
+      size. A single process ignores the wrapping but keeps the DCP checkpoints.
     deterministic: torch.use_deterministic_algorithms (needed for bit-exact resume).
     """
 
@@ -64,6 +71,7 @@ class TrainConfig(Config):
     deterministic: bool = True
     powersgd_rank: int = 0
     powersgd_start_iter: int = 2
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
     num_workers: int = 0
     lr_mult: tuple[str, ...] = ()
 
@@ -109,5 +117,14 @@ class TrainConfig(Config):
             raise ConfigError("train.powersgd_start_iter must be >= 2")
         if self.max_consecutive_skips < 1 or self.log_every < 1 or self.num_workers < 0:
             raise ConfigError("train: max_consecutive_skips, log_every >= 1; num_workers >= 0")
+        if self.parallelism not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.parallelism is 'ddp' or 'fsdp', got {self.parallelism!r}")
+        if self.parallelism == "fsdp" and self.powersgd_rank:
+            raise ConfigError("train.powersgd_rank is a DDP communication hook; not with fsdp")
+        if self.parallelism == "fsdp" and self.per_resblock_scaling:
+            raise ConfigError(
+                "train.per_resblock_scaling is not supported with fsdp yet (its hooks read "
+                "whole gradients); use precision bf16, or fp16 with one global scale"
+            )
         if list(self.lr_milestones) != sorted(self.lr_milestones):
             raise ConfigError("train.lr_milestones must be sorted")

@@ -258,6 +258,11 @@ class DALLE(nn.Module):
         for block in self.blocks:
             block.checkpointing = enabled
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The modules a sharded data-parallel wrapper shards one at a time: each block. The
+        rest (embeddings and the tied output tables, positions, final norm) is the root's."""
+        return list(self.blocks)
+
 
 def count_parameters(cfg: DalleConfig) -> int:
     """Parameters of a model of ``cfg``, counted on the meta device (no memory allocated)."""

@@ -20,6 +20,7 @@ import torch
 
 from tessera.errors import CheckpointError, ConfigError, DataError
 from tessera.models.dalle import DALLE, prepare_text, warn_truncated
+from tessera.nn.rng import generator_for, module_device
 from tessera.pipelines.base import ComponentRef, PipelineIndex, Samples, rerank, write_index
 from tessera.sampling.rerank import Reranker, load_scorer
 from tessera.sampling.sample import SamplingConfig, generate_image_tokens
@@ -135,8 +136,8 @@ class DallePipeline:
             elif rows.shape[0] != len(prompts):
                 raise DataError("give one image prompt, or one per prompt")
             prefix = rows.repeat_interleave(n, dim=0)
-        gen = torch.Generator().manual_seed(seed)
-        device = next(self.model.parameters()).device
+        device = module_device(self.model)
+        gen = generator_for(device, seed)  # sample() draws on the model's device
         chunks = []
         for s in range(0, text.shape[0], batch_size):
             p = None if prefix is None else prefix[s : s + batch_size].to(device)

@@ -305,3 +305,45 @@ def compression_ratio(model: nn.Module, rank: int, min_compression_rate: float =
         small = (n + m) * min(n, m, rank)
         comp += small if small * min_compression_rate < numel else numel
     return 1.0 - comp / max(full, 1)
+
+
+def wrap_fsdp(
+    model: nn.Module,
+    ctx: DistContext,
+    *,
+    precision: str = "fp32",
+    units: list[nn.Module] | None = None,
+) -> nn.Module:
+    """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+    Each of ``units`` (default: the model's ``fsdp_units()``, e.g. the transformer blocks) is
+    its own FSDP unit, then the root takes what is left (embeddings, tied output tables,
+    norms): only one unit's full parameters exist at a time in forward and backward.
+    bf16 / fp16 use a ``MixedPrecisionPolicy`` (parameters all-gathered and computed in 16
+    bits, gradients reduced and kept in fp32, master weights fp32); fp32 uses none. Works on
+    the CPU with gloo (bf16 included) and on CUDA with NCCL. Alone (world size 1) the model
+    is returned unwrapped. Parameters become ``DTensor`` shards: the returned module is
+    ``model`` itself (its class swapped for an FSDP subclass).
+    """
+    if not ctx.distributed:
+        return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if units is None:
+        getter = getattr(model, "fsdp_units", None)
+        if getter is None:
+            raise TypeError(
+                f"{type(model).__name__} has no fsdp_units(): say which blocks to shard"
+            )
+        units = list(getter())
+    mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+    mp = MixedPrecisionPolicy()
+    if precision in ("bf16", "fp16"):
+        low = torch.bfloat16 if precision == "bf16" else torch.float16
+        mp = MixedPrecisionPolicy(param_dtype=low, reduce_dtype=torch.float32)
+    for unit in units:
+        fully_shard(unit, mesh=mesh, mp_policy=mp)
+    # the root's tables are needed again at the start of backward (the tied output layer)
+    fully_shard(model, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+    return model

@@ -1,5 +1,8 @@
 """Atomic training checkpoints, with nothing pickled.
 
+(An fsdp run writes ``dcp/`` -- torch's distributed checkpoint, resharded on load -- in
+place of the model, EMA and optimizer files: see :func:`save_dcp_state`.)
+
 Layout of ``run_dir/checkpoints/step-NNNNNNNN/``::
 
     model.safetensors      live weights           ema.safetensors     EMA weights
@@ -183,3 +186,74 @@ def read_state(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Te
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"corrupt or truncated checkpoint file {f}: {e}") from None
     return meta, tensors
+
+
+# -- distributed checkpoints (FSDP: torch.distributed.checkpoint) ------------------------------
+DCP_DIR = "dcp"
+
+
+def is_dcp(path: Path) -> bool:
+    """Whether a training checkpoint holds its tensors as a DCP directory (an fsdp run)."""
+    return (Path(path) / DCP_DIR).is_dir()
+
+
+def save_dcp_state(
+    run_dir: Path,
+    step: int,
+    *,
+    ctx: Any,
+    app_state: dict[str, Any],
+    meta: dict[str, Any],
+    extra_tensors: dict[str, torch.Tensor],
+    keep_last: int,
+) -> Path | None:
+    """Write ``step-NNNNNNNN`` of a sharded run; every rank calls it (collective).
+
+    Layout: ``dcp/`` (torch's distributed checkpoint of ``app_state``: model, optimizer and
+    EMA by parameter name, each rank writing its own shards, resharded on load to any world
+    size) + ``extra.safetensors`` (every rank's RNG) + ``trainer.json`` + ``COMPLETE``. Rank 0
+    owns the temporary directory: it is filled by all ranks, fsynced, completed and renamed
+    into place exactly as :func:`save_state` does; older checkpoints are then pruned.
+    Returns the path on rank 0, None elsewhere. ``ctx``: the run's ``DistContext``.
+    """
+    import torch.distributed.checkpoint as dcp
+    from safetensors.torch import save_file
+
+    root = checkpoint_dir(run_dir)
+    final = root / f"step-{step:08d}"
+    alone = not ctx.distributed  # one process: no collectives (and no warning about it)
+    if not ctx.is_main:
+        tmp = Path(ctx.all_gather_objects(None)[0])  # rank 0's temporary directory
+        dcp.save(app_state, checkpoint_id=str(tmp / DCP_DIR))
+        return None
+    root.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(final) as tmp:
+        ctx.all_gather_objects(str(tmp))
+        # returns when every rank wrote its shards (rank 0 then writes the metadata)
+        dcp.save(app_state, checkpoint_id=str(tmp / DCP_DIR), no_dist=alone)
+        save_file(extra_tensors, str(tmp / "extra.safetensors"))
+        payload = {**meta, "step": step, "format": "dcp"}
+        (tmp / "trainer.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        (tmp / COMPLETE).write_text("ok\n")
+    for old in list_complete(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_dcp_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A sharded checkpoint's ``trainer.json`` and ``extra.safetensors`` (the tensors in
+    ``dcp/`` are loaded in place by the trainer); errors name the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / COMPLETE).is_file():
+        raise CheckpointError(f"{path} is not a complete training checkpoint (no {COMPLETE})")
+    if not (path / DCP_DIR / ".metadata").is_file():
+        raise CheckpointError(f"training checkpoint file missing: {path / DCP_DIR / '.metadata'}")
+    try:
+        meta = json.loads((path / "trainer.json").read_text(encoding="utf-8"))
+        extra = load_file(str(path / "extra.safetensors"))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+    return meta, extra

@@ -4,12 +4,14 @@ A stage supplies a model, an ``objective(model, batch, step) -> (loss, metrics)`
 resumable batch stream; the trainer never names a model. It owns the optimisation (AdamW
 with the paper's parameter groups, pure-function LR schedules, clipping, accumulation), the
 precision (bf16 / fp16 autocast, global or per-resblock gradient scaling), the EMA, DDP and
-PowerSGD, atomic checkpoints with exact resume, non-finite step skipping, signals, and logs.
+PowerSGD or FSDP2 with distributed checkpoints (``train.parallelism``), atomic checkpoints
+with exact resume, non-finite step skipping, signals, and logs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -36,6 +38,7 @@ from tessera.training.distributed import (
     load_powersgd_tensors,
     powersgd_tensors,
     wrap_ddp,
+    wrap_fsdp,
 )
 from tessera.training.ema import EMA
 from tessera.training.optim import build_adamw
@@ -108,6 +111,11 @@ class Trainer:
         self.cfg = config
         self.ctx = ctx or DistContext()
         self.run_dir = Path(run_dir)
+        # fsdp: a sharded model runs forward only with every rank, so rank 0 keeps a plain
+        # CPU copy that gathered weights are written into for samples and the release export
+        self.fsdp = config.parallelism == "fsdp"
+        self.sharded = self.fsdp and self.ctx.distributed
+        self._replica = copy.deepcopy(model).cpu() if self.sharded and self.ctx.is_main else None
         self.model = model.to(self.ctx.device)
         self.model_config = model_config
         self.objective = objective
@@ -125,12 +133,16 @@ class Trainer:
                     f"{type(model).__name__} does not support activation checkpointing"
                 )
             setter(True)
-        self.module, self.powersgd = wrap_ddp(
-            self.model,
-            self.ctx,
-            powersgd_rank=config.powersgd_rank,
-            powersgd_start_iter=config.powersgd_start_iter,
-        )
+        if self.fsdp:
+            self.module = wrap_fsdp(self.model, self.ctx, precision=config.precision)
+            self.powersgd = None
+        else:
+            self.module, self.powersgd = wrap_ddp(
+                self.model,
+                self.ctx,
+                powersgd_rank=config.powersgd_rank,
+                powersgd_start_iter=config.powersgd_start_iter,
+            )
         self.optimizer = build_adamw(
             self.model,
             lr=config.lr,
@@ -208,6 +220,14 @@ class Trainer:
         from safetensors import SafetensorError
         from safetensors.torch import load_model
 
+        if state.is_dcp(path) != self.fsdp:
+            was = "fsdp" if state.is_dcp(path) else "ddp"
+            raise CheckpointError(
+                f"{path} was written by a train.parallelism={was} run; resume it with {was}"
+            )
+        if self.fsdp:
+            self._load_dcp(path)
+            return
         meta, t = state.read_state(path)
         saved_cfg = meta.get("train_config", {})
         if saved_cfg.get("batch_size") not in (None, self.cfg.batch_size):
@@ -260,7 +280,85 @@ class Trainer:
             log.info("resumed from %s (step %d)", path, self.step)
             _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
 
+    def _dcp_state(self) -> dict[str, Any]:
+        """Model, optimizer (by parameter name) and EMA: sharded DTensors under fsdp, plain
+        tensors alone; DCP saves either and loads either into the other."""
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+        app: dict[str, Any] = {"model": model_sd, "optimizer": optim_sd}
+        if self.ema is not None:
+            app["ema"] = self.ema.state_dict()
+        return app
+
+    def _load_dcp(self, path: Path) -> None:
+        """Resume from a DCP checkpoint written on any number of ranks (reliability T27).
+
+        Weights, AdamW moments and EMA are resharded by DCP. The data position and RNG of
+        rank r come from the saved rank r (rank 0's for ranks the saved run did not have):
+        exact for the seekable ``shapes`` stream when the global batch (batch_size x world
+        size) is unchanged, since its global batch b is the union of the ranks' batches b.
+        """
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        meta, extra = state.read_dcp_state(path)
+        if self.model_config is not None and meta.get("model_config") not in (
+            None,
+            self.model_config.to_dict(),
+        ):
+            diff = _dict_diff(meta["model_config"], self.model_config.to_dict())
+            raise CheckpointError(f"{path}: model config differs from the checkpoint: {diff}")
+        saved_world = int(meta.get("world_size", 1))
+        saved_global = int(meta.get("train_config", {}).get("batch_size", 0)) * saved_world
+        if saved_global != self.cfg.batch_size * self.ctx.world_size:
+            log.warning(
+                "global batch changed since the checkpoint (%d -> %d): the data position is "
+                "carried over as a count of batches",
+                saved_global,
+                self.cfg.batch_size * self.ctx.world_size,
+            )
+        if self.ema is not None and not meta.get("has_ema", False):
+            raise CheckpointError(f"{path} has no EMA weights but EMA is enabled")
+        app = self._dcp_state()
+        if self.ema is None:
+            app.pop("ema", None)
+        try:
+            dcp.load(app, checkpoint_id=str(path / state.DCP_DIR), no_dist=not self.ctx.distributed)
+        except Exception as e:  # DCP raises CheckpointException / RuntimeError / OSError
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"cannot load {path / state.DCP_DIR}: {first}") from None
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=app["model"],
+            optim_state_dict=app["optimizer"],
+        )
+        if self.ema is not None:
+            self.ema.load_state_dict(app["ema"])
+        self.scaling.load_state_dict(meta["grad_scaling"])
+        src = self.ctx.rank if self.ctx.rank < saved_world else 0
+        self.batches.load_state_dict(meta["data"][src])
+        pre = f"rng.{src}."
+        rank_tensors = {k[len(pre) :]: v for k, v in extra.items() if k.startswith(pre)}
+        state.restore_rng(meta["rng"][src], rank_tensors)
+        self.step = int(meta["step"])
+        self.skipped = int(meta["skipped_steps"])
+        self.consecutive_skips = int(meta.get("consecutive_skips", 0))
+        self.resumed_from = self.step
+        if self.ctx.is_main:
+            log.info(
+                "resumed from %s (step %d; saved on %d rank(s), now %d)",
+                path,
+                self.step,
+                saved_world,
+                self.ctx.world_size,
+            )
+            _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+
     def _save(self) -> Path | None:
+        if self.fsdp:
+            return self._save_dcp()
         js, tensors = state.capture_rng()
         data_state = self.batches.state_dict()
         ps = None if self.powersgd is None else powersgd_tensors(self.powersgd)
@@ -299,6 +397,66 @@ class Trainer:
         log.debug("checkpoint %s", path)
         return path
 
+    def _save_dcp(self) -> Path | None:
+        js, tensors = state.capture_rng()
+        gathered = self.ctx.all_gather_objects((js, tensors, self.batches.state_dict()))
+        extra = {f"rng.{r}.{k}": v for r, g in enumerate(gathered) for k, v in g[1].items()}
+        meta: dict[str, Any] = {
+            "rng": [g[0] for g in gathered],
+            "data": [g[2] for g in gathered],
+            "grad_scaling": self.scaling.state_dict(),
+            "skipped_steps": self.skipped,
+            "consecutive_skips": self.consecutive_skips,
+            "world_size": self.ctx.world_size,
+            "has_ema": self.ema is not None,
+            "train_config": self.cfg.to_dict(),
+            "model_config": None if self.model_config is None else self.model_config.to_dict(),
+            "lr": learning_rate(self.cfg, max(self.step - 1, 0)),
+        }
+        path = state.save_dcp_state(
+            self.run_dir,
+            self.step,
+            ctx=self.ctx,
+            app_state=self._dcp_state(),
+            meta=meta,
+            extra_tensors=extra,
+            keep_last=self.cfg.keep_last,
+        )
+        log.debug("checkpoint %s", path)
+        return path
+
+    @contextlib.contextmanager
+    def release_model(self) -> Iterator[nn.Module | None]:
+        """The model to sample from or export: its EMA weights when EMA is on, else the live
+        ones. Rank 0 gets an ordinary module, every other rank None. Under fsdp every rank
+        must enter (the shards are gathered) and rank 0 gets its plain CPU copy."""
+        if not self.sharded:
+            if not self.ctx.is_main:
+                yield None
+                return
+            ema = self.ema.applied(self.model) if self.ema is not None else None
+            with ema or contextlib.nullcontext():
+                yield self.model
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+        from torch.distributed.tensor import DTensor
+
+        if self.ema is not None:  # one all-gather per tensor, in the same order on every rank
+            full = {
+                k: v.full_tensor() if isinstance(v, DTensor) else v
+                for k, v in self.ema.state_dict().items()
+            }
+        else:
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            full = get_model_state_dict(self.model, options=opts)
+        if self._replica is None:
+            yield None
+            return
+        with torch.no_grad():
+            for k, v in self._replica.state_dict().items():
+                v.copy_(full[k].to(device=v.device, dtype=v.dtype))
+        yield self._replica
+
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> TrainResult:
         self._preflight()
@@ -332,6 +490,8 @@ class Trainer:
                 while self.step < cfg.steps and not self._stopping():
                     t_step = time.perf_counter()
                     loss, metrics, n_ex = self._train_step()
+                    if self.sharded:  # the logged loss is the global batch's (mean of ranks)
+                        loss = self.ctx.mean(loss)
                     dt = time.perf_counter() - t_step
                     examples += n_ex
                     last_loss = loss
@@ -401,8 +561,10 @@ class Trainer:
             batch = next(self.batches)
             n_examples += _batch_len(batch, cfg.batch_size) * self.ctx.world_size
             sync = micro == cfg.grad_accum - 1 or not self.ctx.distributed
+            if self.sharded:  # FSDP2: reduce-scatter only after the last micro-batch
+                self.module.set_requires_gradient_sync(sync)
             with (
-                contextlib.nullcontext() if sync else self.module.no_sync(),
+                contextlib.nullcontext() if sync or self.sharded else self.module.no_sync(),
                 self._autocast,
             ):
                 loss, m = self.objective(self.module, batch, self.step)
@@ -422,10 +584,10 @@ class Trainer:
         if finite:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             if cfg.grad_clip > 0:
-                norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+                norm = _scalar(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
             else:
                 grads = [p.grad for p in params if p.grad is not None]
-                norm = float(torch.nn.utils.get_total_norm(grads))
+                norm = _scalar(torch.nn.utils.get_total_norm(grads))
             finite = math.isfinite(norm)
         # Every rank skips together, and stops together (a signal may reach one rank only, or
         # the ranks at different steps): one all-reduce for both, nobody hangs.
@@ -463,7 +625,18 @@ class Trainer:
         return (total if finite_loss else float("nan")), metrics, n_examples
 
     def _sample(self) -> None:
-        if self.sample_hook is None or not self.ctx.is_main:
+        if self.sample_hook is None:
+            return
+        if self.sharded:  # every rank gathers; rank 0 samples from its plain copy
+            with self.release_model() as plain:
+                if plain is not None:
+                    out = self.run_dir / "samples"
+                    out.mkdir(exist_ok=True)
+                    plain.eval()
+                    with torch.no_grad():
+                        self.sample_hook(plain, self.step, out)
+            return
+        if not self.ctx.is_main:
             return
         out = self.run_dir / "samples"
         out.mkdir(exist_ok=True)
@@ -514,6 +687,11 @@ class Trainer:
         for k, v in record.items():
             if k != "step" and isinstance(v, int | float) and math.isfinite(v):
                 self._tb.add_scalar(k, v, record["step"])
+
+
+def _scalar(t: torch.Tensor) -> float:
+    """A norm as a float; under FSDP it is a replicated DTensor (already reduced)."""
+    return float(t.full_tensor() if hasattr(t, "full_tensor") else t)
 
 
 def _batch_len(batch: Any, default: int) -> int:

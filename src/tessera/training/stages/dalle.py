@@ -21,6 +21,7 @@ from tessera.config.dalle import DalleConfig
 from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
 from tessera.models.dalle import DALLE, empty_text, prepare_text, warn_truncated
+from tessera.nn.rng import generator_for
 from tessera.pipelines.dalle import DallePipeline, check_compatible, export_checkpoint
 from tessera.training.data import BatchStream, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
@@ -96,10 +97,10 @@ def make_objective(cfg: DalleConfig) -> Objective:
     def objective(model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         text, image = batch["text"], batch["image"]
         if cfg.caption_dropout > 0:
-            g = torch.Generator().manual_seed(step)
-            drop = torch.rand(text.shape[0], generator=g) < cfg.caption_dropout
+            g = generator_for(text.device, step)  # the batch's device (the CPU loader's)
+            drop = torch.rand(text.shape[0], generator=g, device=text.device) < cfg.caption_dropout
             if drop.any():
-                text = torch.where(drop[:, None], empty_text(text.shape[0], cfg), text)
+                text = torch.where(drop[:, None], empty_text(text.shape[0], cfg, text.device), text)
         device = next(model.parameters()).device
         loss, text_ce, image_ce = model(text.to(device), image.to(device))
         return loss, {"text_ce": float(text_ce.detach()), "image_ce": float(image_ce.detach())}

@@ -126,14 +126,12 @@ def train_stage(
         progress=progress,
     )
     result = trainer.fit()
-    if ctx.is_main and stage.export is not None and not result.interrupted:
-        out = Path(run_dir) / "final"
-        if trainer.ema is not None:
-            with trainer.ema.applied(trainer.model):
-                final = stage.export(trainer.model, model_cfg, out, spec)
-        else:
-            final = stage.export(trainer.model, model_cfg, out, spec)
-        print(f"release checkpoint (EMA weights): {final}")
+    if stage.export is not None and not result.interrupted:
+        # EMA weights if any; under fsdp every rank gathers and rank 0 gets a plain model
+        with trainer.release_model() as release:
+            if release is not None:
+                final = stage.export(release, model_cfg, Path(run_dir) / "final", spec)
+                print(f"release checkpoint (EMA weights): {final}")
     if ctx.is_main:
         print(
             f"{name}: step {result.step}/{train_cfg.steps}, loss {result.last_loss:.4f}, "
