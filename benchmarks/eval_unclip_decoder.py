@@ -36,6 +36,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--up-steps", type=int, default=7)
+    ap.add_argument("--sampler", default="ddim", help="decoder sampler: ddim | ddpm")
+    ap.add_argument("--no-caption", action="store_true", help="decode from z_i alone")
     ap.add_argument("--invert-steps", type=int, default=50)
     ap.add_argument("--no-inversion", action="store_true")
     ap.add_argument("--autocast", action="store_true", help="bf16 autocast while sampling")
@@ -78,10 +80,11 @@ def main() -> None:
         out = decode(
             decoder,
             z_i,
-            text,
+            None if args.no_caption else text,
             steps=args.steps,
             guidance=args.guidance,
             generator=g,
+            sampler=args.sampler,
             autocast=args.autocast,
         )
         seconds["decode"] += time.perf_counter() - t0
@@ -121,6 +124,8 @@ def main() -> None:
         "n": args.n,
         "steps": args.steps,
         "guidance": args.guidance,
+        "sampler": args.sampler,
+        "caption": not args.no_caption,
         "up_steps": args.up_steps,
         "decode_pass": {str(s): rates(tallies[s]) for s in sizes},
         "seconds_per_image": {k: round(v / args.n, 4) for k, v in seconds.items()},

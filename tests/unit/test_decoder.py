@@ -180,3 +180,20 @@ def test_invert_then_decode_round_trip_is_finite(decoder, inputs) -> None:
     assert back.shape == images.shape and back.isfinite().all()
     again = decode(decoder, inputs["clip"], inputs["text"], steps=5, eta=0.0, x_T=x_T, guidance=1.0)
     assert torch.equal(back, again)  # eta 0: deterministic given x_T
+
+
+def test_ddpm_sampler_is_ancestral_and_seeded(decoder, inputs) -> None:
+    """sampler="ddpm" draws fresh noise every step (not DDIM's deterministic path), from the
+    generator only; an unknown sampler is a one-line error."""
+
+    def run(sampler: str, seed: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(seed)
+        return decode(
+            decoder, inputs["clip"], inputs["text"], steps=4, generator=g, sampler=sampler
+        )
+
+    a, b = run("ddpm", 0), run("ddpm", 0)
+    assert torch.equal(a, b) and a.shape == run("ddim", 0).shape
+    assert _differ(a, run("ddim", 0)) and _differ(a, run("ddpm", 1))
+    with pytest.raises(ValueError, match="sampler must be"):
+        run("euler", 0)

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prior-guidance", type=float, help="unCLIP: the prior's guidance scale")
     p.add_argument("--prior-steps", type=int, help="unCLIP: DDIM steps of the diffusion prior")
     p.add_argument("--decoder-guidance", type=float, help="unCLIP: the decoder's guidance")
-    p.add_argument("--decoder-steps", type=int, help="unCLIP: DDIM steps of the decoder")
+    p.add_argument("--decoder-steps", type=int, help="unCLIP: steps of the decoder")
+    p.add_argument("--decoder-sampler", choices=("ddim", "ddpm"), help="unCLIP: its sampler")
     p.add_argument("--upsampler-steps", type=int, help="unCLIP: DDIM steps of each upsampler")
     p.add_argument("--image-prompt", help="image whose top rows are kept")
     p.add_argument("--keep-rows", type=int, default=0, help="token rows of the image prompt kept")
@@ -128,6 +129,7 @@ def _flags(args: argparse.Namespace, kind: str) -> dict[str, object]:
         "prior_steps": args.prior_steps,
         "decoder_guidance": args.decoder_guidance,
         "decoder_steps": args.decoder_steps,
+        "decoder_sampler": args.decoder_sampler,
         "upsampler_steps": args.upsampler_steps,
     }
     mine, other = (dalle, unclip) if kind == "dalle" else (unclip, dalle)

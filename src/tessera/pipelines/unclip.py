@@ -39,8 +39,10 @@ class UnclipSettings:
     prior_steps / prior_guidance / prior_candidates: DDIM steps of the diffusion prior (the
       paper: 64), its classifier-free guidance scale ("guiding the prior hurt": 1) and the
       samples drawn per caption, keeping the one closest to the text embedding (paper: 2).
-    decoder_steps / decoder_guidance / eta: DDIM steps and guidance of the decoder (karlo: 25
-      and 8; paper's COCO runs: guidance 1.25) and DDIM's eta (0: deterministic given x_T).
+    decoder_sampler / decoder_steps / decoder_guidance / eta: the decoder's sampler (``ddim``,
+      or ``ddpm``: ancestral with its learned variance, the paper's choice with 250 strided
+      steps), its steps and guidance (karlo: 25 and 8; the paper's COCO runs: guidance 1.25)
+      and DDIM's eta (0: deterministic given x_T).
     upsampler_steps: DDIM steps of every upsampler (paper: 27 and 15; karlo: 7).
     """
 
@@ -48,6 +50,7 @@ class UnclipSettings:
     prior_steps: int = 25
     prior_guidance: float = 1.0
     prior_candidates: int = 2
+    decoder_sampler: str = "ddim"
     decoder_steps: int = 25
     decoder_guidance: float = 3.0
     eta: float = 0.0
@@ -61,6 +64,8 @@ class UnclipSettings:
             raise ConfigError(
                 f"prior_kind must be one of {', '.join(PRIOR_KINDS)}, got {self.prior_kind!r}"
             )
+        if self.decoder_sampler not in ("ddim", "ddpm"):
+            raise ConfigError(f"decoder_sampler must be ddim or ddpm, got {self.decoder_sampler!r}")
         if self.prior_candidates < 1:
             raise ConfigError(f"prior_candidates must be >= 1, got {self.prior_candidates}")
         if self.prior_guidance < 0 or self.decoder_guidance < 0 or not 0 <= self.eta <= 1:
@@ -179,6 +184,7 @@ class UnclipPipeline:
             eta=s.eta if eta is None else eta,
             generator=generator,
             x_T=x_T,
+            sampler=s.decoder_sampler if x_T is None else "ddim",
         )
         return self.upsample(images, generator=generator, settings=s)
 

@@ -21,6 +21,7 @@ from tessera.diffusion import (
     classifier_free_guidance,
     ddim_invert,
     ddim_sample,
+    ddpm_sample,
     respace,
     schedule_for,
 )
@@ -97,11 +98,16 @@ def decode(
     eta: float = 0.0,
     generator: torch.Generator | None = None,
     x_T: torch.Tensor | None = None,
+    sampler: str = "ddim",
     autocast: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:
     """CLIP image embeddings (B, D) [+ caption ids (B, L)] -> images (B, 3, S, S) in [0, 1]
-    by DDIM with ``steps`` steps and ``eta`` (0: deterministic given x_T)."""
+    with ``steps`` respaced steps: ``sampler`` ``ddim`` (with ``eta``; 0: deterministic
+    given x_T) or ``ddpm`` (ancestral with the decoder's own variance -- the paper samples its
+    learned-sigma decoder this way, with 250 strided steps)."""
+    if sampler not in ("ddim", "ddpm"):
+        raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
     cfg = decoder.config  # type: ignore[attr-defined]
     s = sampling_schedule(cfg.diffusion, steps)
     with _inference(decoder, autocast) as device:
@@ -109,19 +115,20 @@ def decode(
         text = None if text is None else text.to(device)
         fn = decoder_fn(decoder, clip_emb, text, guidance=guidance)
         size = cfg.image_size
-        x = ddim_sample(
-            fn,
-            s,
-            (clip_emb.shape[0], 3, size, size),
-            prediction=cfg.diffusion.prediction,
-            variance=cfg.diffusion.variance,
-            eta=eta,
-            clip_x0=cfg.diffusion.clip_x0,
-            generator=generator,
-            x_T=None if x_T is None else x_T.to(device),
-            device=device,
-            progress=progress,
-        )
+        common = {
+            "prediction": cfg.diffusion.prediction,
+            "variance": cfg.diffusion.variance,
+            "clip_x0": cfg.diffusion.clip_x0,
+            "generator": generator,
+            "x_T": None if x_T is None else x_T.to(device),
+            "device": device,
+            "progress": progress,
+        }
+        shape = (clip_emb.shape[0], 3, size, size)
+        if sampler == "ddpm":
+            x = ddpm_sample(fn, s, shape, **common)
+        else:
+            x = ddim_sample(fn, s, shape, eta=eta, **common)
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
