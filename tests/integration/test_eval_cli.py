@@ -401,6 +401,10 @@ def test_install_ships_half_precision_weights_and_the_demo_runs(run, tmp_path) -
         assert (out / f).is_file(), f
     records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
     assert len(records) == 8 and all("score" in r for r in records)  # 8 prompts, best 1 each
+    # the shipped unCLIP pipeline runs the same prompts beside it (side_by_side.png)
+    unclip = [json.loads(x) for x in (out / "unclip" / "manifest.jsonl").read_text().splitlines()]
+    assert len(unclip) == 8 and (out / "side_by_side.png").is_file()
+    assert 0 <= json.loads((out / "summary.json").read_text())["unclip_checker_pass"] <= 1
     assert (
         main(["eval", "fidelity", str(out / "manifest.jsonl"), "--out", str(tmp_path / "f")]) == 0
     )
