@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tessera.cli.train_common import add_train_command
+from tessera.cli.train_common import add_train_command, print_preset_info
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,22 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    import json
-
     from tessera.config.presets import preset
     from tessera.models.decoder import PAPER_PARAMETERS, parameter_counts
 
     cfg = preset("decoder", args.preset)
-    counts = parameter_counts(cfg)
-    info = {
-        "preset": args.preset,
-        "image_size": cfg.image_size,
-        "parameters": counts,
-        "diffusion": cfg.diffusion.to_dict(),
-    }
-    if args.preset in PAPER_PARAMETERS:
-        paper = PAPER_PARAMETERS[args.preset]
-        info["paper_parameters"] = paper
-        info["relative_difference"] = round(counts["total"] / paper - 1, 4)
-    print(json.dumps(info, indent=2))
-    return 0
+    return print_preset_info(
+        args.preset,
+        parameter_counts(cfg),
+        PAPER_PARAMETERS,
+        image_size=cfg.image_size,
+        diffusion=cfg.diffusion.to_dict(),
+    )

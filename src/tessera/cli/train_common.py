@@ -65,3 +65,18 @@ def run_train(args: argparse.Namespace, stage_name: str) -> int:
         resume=args.resume,
         progress=not args.no_progress,
     )
+
+
+def print_preset_info(
+    preset_name: str, counts: dict[str, int], paper: dict[str, int], **fields: object
+) -> int:
+    """Print a preset's parameter counts as JSON (``tessera decoder|upsampler|prior info``),
+    with ``fields`` and, for the paper's presets, Table 3's size and the relative difference."""
+    import json
+
+    info: dict[str, object] = {"preset": preset_name, **fields, "parameters": counts}
+    if preset_name in paper:
+        info["paper_parameters"] = paper[preset_name]
+        info["relative_difference"] = round(counts["total"] / paper[preset_name] - 1, 4)
+    print(json.dumps(info, indent=2))
+    return 0
