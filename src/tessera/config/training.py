@@ -40,6 +40,11 @@ class TrainConfig(Config):
       checkpoints go through torch's distributed checkpoint (DCP) and resume on any world
       size. A single process ignores the wrapping but keeps the DCP checkpoints.
     deterministic: torch.use_deterministic_algorithms (needed for bit-exact resume).
+    compile: ``torch.compile`` the model's forward (inductor; backward and the loss included):
+      one-off compile time (about a minute for a d 256 x 8 transformer on 2 CPU cores), then
+      fused kernels for the norms, activations, casts, softmax and cross entropy (measured 1.2x
+      per bf16 step at d 256 x 8 on CPU). Eager is the default and the fallback; both compute
+      the same loss up to floating-point rounding (tested).
     """
 
     kind: ClassVar[str] = "train"
@@ -69,6 +74,7 @@ class TrainConfig(Config):
     max_consecutive_skips: int = 5
     seed: int = 0
     deterministic: bool = True
+    compile: bool = False
     powersgd_rank: int = 0
     powersgd_start_iter: int = 2
     parallelism: Literal["ddp", "fsdp"] = "ddp"

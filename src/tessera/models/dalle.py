@@ -131,6 +131,18 @@ class Block(nn.Module):
         x = self.attn_gs.residual(x, self._attn, cache, layer, start, backend)
         return self.mlp_gs.residual(x, self._mlp)
 
+    def step(
+        self,
+        x: torch.Tensor,
+        bias_row: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """One decoding position, static shapes (:meth:`SelfAttention.step`); inference only."""
+        x = x + self.attn.step(self.attn_norm(x), bias_row, k_cache, v_cache, pos)
+        return x + self.mlp(self.mlp_norm(x))
+
 
 class DALLE(nn.Module):
     """The transformer prior. :meth:`forward` returns the training loss pieces; sampling uses
@@ -228,6 +240,32 @@ class DALLE(nn.Module):
             device=p.device,
         )
 
+    def decode_step(
+        self,
+        token: torch.Tensor,
+        index: torch.Tensor,
+        cache: KVCache,
+        biases: torch.Tensor,
+    ) -> torch.Tensor:
+        """Image-token logits after feeding ``token`` (B,) at image index ``index`` (a
+        1-element int64 tensor), with static shapes, so one compiled graph serves every index.
+
+        The keys/values of stream position ``text_len + index`` are written into ``cache`` in
+        place. biases: ``(n_layers, seq_len, seq_len)`` additive mask biases
+        (:meth:`mask_biases`). Returns float32 ``(B, image_vocab)`` logits for index + 1.
+        """
+        pos = index + self.config.text_len
+        x = self.image_emb(token) + self.image_positions().index_select(0, index)
+        x = x[:, None]  # (B, 1, d)
+        for i, block in enumerate(self.blocks):
+            x = block.step(x, biases[i].index_select(0, pos), cache.k[i], cache.v[i], pos)
+        return self.image_logits(self.norm(x[:, 0])).float()
+
+    def mask_biases(self, device: torch.device | None = None) -> torch.Tensor:
+        """Every layer's additive mask bias, stacked: ``(n_layers, seq_len, seq_len)``."""
+        device = device or self.text_emb.weight.device
+        return torch.stack([block.spec.bias(device) for block in self.blocks])
+
     # -- training ---------------------------------------------------------------------------
 
     def forward(
@@ -242,8 +280,12 @@ class DALLE(nn.Module):
                 f"expected text (B, {cfg.text_len}) and image (B, {cfg.image_len}), got "
                 f"{tuple(text.shape)} and {tuple(image.shape)}"
             )
-        x = self.embed(text, image[:, :-1])  # (B, text_len + image_len - 1, d)
-        h = self.hidden(x)
+        # The whole stream (seq_len positions) goes through the blocks although the last
+        # position predicts nothing: every mask is causal, so it changes no other position,
+        # and an even length (320 rather than 319) lets the CPU kernels vectorise whole rows
+        # (measured ~8% of a bf16 step at d 256 x 8 layers).
+        x = self.embed(text, image)  # (B, text_len + image_len, d)
+        h = self.hidden(x)[:, :-1]
         n_text = cfg.text_len - 1
         text_ce = F.cross_entropy(
             self.text_logits(h[:, :n_text]).float().flatten(0, 1), text[:, 1:].flatten()

@@ -9,7 +9,9 @@
 
 Incremental decoding uses the dense mask's matching row against the cached keys (so the
 sparse pattern is respected while caching): written out on CPU for one-query steps, SDPA
-elsewhere.
+elsewhere. :meth:`SelfAttention.step` is the static-shape form of one such step (the position
+is a tensor, the keys are the whole cache, unwritten slots masked), which ``torch.compile``
+turns into one graph for every position.
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ Backend = Literal["auto", "sdpa", "flex"]
 
 @dataclasses.dataclass
 class KVCache:
-    """Keys and values of every layer, preallocated: ``(n_layers, B, H, max_len, d_head)``.
+    """Keys and values of every layer, preallocated: one ``(B, H, max_len, d_head)`` tensor
+    per layer in ``k`` and ``v`` (separate tensors, so a compiled decoding step updates each in
+    place instead of copying a stacked cache back).
 
     Callers say where each forward writes (``start``); the cache holds no position of its own.
     """
 
-    k: torch.Tensor
-    v: torch.Tensor
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
 
     @classmethod
     def empty(
@@ -50,11 +54,16 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device,
     ) -> KVCache:
-        shape = (n_layers, batch, n_heads, max_len, d_head)
-        return cls(
-            torch.zeros(shape, dtype=dtype, device=device),
-            torch.zeros(shape, dtype=dtype, device=device),
-        )
+        shape = (batch, n_heads, max_len, d_head)
+
+        def zeros() -> list[torch.Tensor]:
+            return [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+
+        return cls(zeros(), zeros())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.k[0].dtype
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,6 +74,16 @@ def dense_mask(
     return attention_mask(
         kind, text_len, h, w, conv_kernel=conv_kernel, device=torch.device(device)
     )
+
+
+@functools.lru_cache(maxsize=64)
+def mask_bias(
+    kind: str, text_len: int, h: int, w: int, conv_kernel: int, device: str
+) -> torch.Tensor:
+    """The dense mask as an additive float32 bias: 0 where allowed, -inf elsewhere (cached).
+    Adding it is one fused pass; ``masked_fill(~mask)`` also builds the negated mask per call."""
+    mask = dense_mask(kind, text_len, h, w, conv_kernel, device)
+    return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
 @functools.lru_cache(maxsize=64)
@@ -87,13 +106,18 @@ def masked_attention(
 ) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) masked) v, written out: the CPU training path.
 
+    mask: bool (True = attend) or an additive float bias (0 / -inf, :func:`mask_bias`).
     On CPU, SDPA's fused backward with a boolean mask is slow at these sizes (measured 130 ms
     of a 2.2 s step for B=32, H=8, T=79, d=32, 8 layers: 47% of the step), while the written
-    out form is a few batched matmuls (bf16 under autocast) and a float32 softmax.
+    out form is a few batched matmuls (bf16 under autocast) and a float32 softmax, which
+    ``torch.compile`` fuses with the scale and the bias into one pass.
     """
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, t, T)
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # softmax in >= fp32
-    scores = scores.masked_fill(~mask, float("-inf"))
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    else:
+        scores = scores + mask
     attn = torch.softmax(scores, dim=-1).to(v.dtype)
     if dropout > 0:
         attn = F.dropout(attn, p=dropout)
@@ -112,6 +136,11 @@ class MaskSpec:
 
     def dense(self, device: torch.device) -> torch.Tensor:
         return dense_mask(
+            self.kind, self.text_len, self.grid_h, self.grid_w, self.conv_kernel, str(device)
+        )
+
+    def bias(self, device: torch.device) -> torch.Tensor:
+        return mask_bias(
             self.kind, self.text_len, self.grid_h, self.grid_w, self.conv_kernel, str(device)
         )
 
@@ -148,25 +177,47 @@ class SelfAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, t, d_head)
         end = start + t
         if cache is not None:
-            cache.k[layer, :, :, start:end] = k
-            cache.v[layer, :, :, start:end] = v
-            k = cache.k[layer, :, :, :end]
-            v = cache.v[layer, :, :, :end]
+            cache.k[layer][:, :, start:end] = k
+            cache.v[layer][:, :, start:end] = v
+            k = cache.k[layer][:, :, :end]
+            v = cache.v[layer][:, :, :end]
         p = self.dropout if self.training else 0.0
         if backend == "auto":
             backend = "flex" if x.is_cuda else "sdpa"
         if backend == "flex" and cache is None and p == 0.0:  # flex has no attention dropout
             y = self._flex(q, k, v, spec)
         else:
-            mask = spec.dense(x.device)[start:end, :end]  # (t, end)
             if q.device.type == "cpu" and (t == 1 or (torch.is_grad_enabled() and q.requires_grad)):
                 # training, and one-query decoding steps (SDPA's fused CPU kernel costs ~130 us
                 # a call there, about 2x the written-out form)
-                y = masked_attention(q, k, v, mask, dropout=p)
+                bias = spec.bias(x.device)[start:end, :end]  # (t, end)
+                y = masked_attention(q, k, v, bias, dropout=p)
             else:
+                mask = spec.dense(x.device)[start:end, :end]  # (t, end)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         y = y.transpose(1, 2).reshape(b, t, d)  # (B, t, d_model)
         return self.proj(y)
+
+    def step(
+        self,
+        x: torch.Tensor,
+        bias_row: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """One decoding position with static shapes: x ``(B, 1, d_model)`` at stream position
+        ``pos`` (a 1-element int64 tensor); its key/value are written into the layer's cache
+        ``(B, H, max_len, d_head)`` in place, and the query attends to every cache slot with
+        ``bias_row`` ``(1, max_len)`` (the mask bias row of ``pos``, -inf on unwritten slots,
+        which the causal mask already excludes)."""
+        b = x.shape[0]
+        qkv = self.qkv(x).view(b, 1, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, 1, d_head)
+        k_cache.index_copy_(2, pos, k.to(k_cache.dtype))
+        v_cache.index_copy_(2, pos, v.to(v_cache.dtype))
+        y = masked_attention(q, k_cache, v_cache, bias_row)
+        return self.proj(y.transpose(1, 2).reshape(b, 1, -1))
 
     def _flex(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: MaskSpec

@@ -21,7 +21,9 @@ def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the ``k`` largest logits (ties at the k-th value are all kept); k <= 0 keeps all."""
     if k <= 0 or k >= logits.shape[-1]:
         return logits
-    kth = torch.topk(logits, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)  # ~30% faster
+    # unsorted topk then its minimum: ~30% faster than sorted; kthvalue measured 2-3x slower
+    # on a model's logits (its quickselect is data-dependent)
+    kth = torch.topk(logits, k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
     return logits.masked_fill(logits < kth, float("-inf"))
 
 
@@ -70,13 +72,17 @@ def sample(logits: torch.Tensor, generator: torch.Generator | None = None) -> to
     Inverse-CDF sampling with one uniform per row from ``generator``, so a run is reproducible
     and two runs with equal logits draw equal tokens.
     """
+    u = torch.rand(logits.shape[0], 1, generator=generator, device=logits.device)
+    return sample_with(logits, u)
+
+
+def sample_with(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """:func:`sample` with its uniforms given: ``u`` ``(B, 1)`` in [0, 1). No data-dependent
+    branch, so it compiles into the decoding step's graph."""
     probs = torch.softmax(logits.float(), dim=-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device)
     cdf = probs.cumsum(-1)
     idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)
     # Never land on a zero-probability entry at the end of the row (u * total == total).
     idx = idx.clamp(max=probs.shape[-1] - 1).squeeze(-1)
     bad = probs.gather(-1, idx[:, None]).squeeze(-1) == 0
-    if bad.any():
-        idx = torch.where(bad, probs.argmax(-1), idx)
-    return idx
+    return torch.where(bad, probs.argmax(-1), idx)

@@ -5,23 +5,38 @@ new image token costs one single-position pass whose attention reads the cached 
 its layer's mask row. Classifier-free guidance runs the conditional and the unconditional
 (empty-caption) streams as one batch of ``2B`` and mixes their logits:
 ``uncond + scale * (cond - uncond)``.
+
+With ``compile=True`` the per-token work (the blocks, the head, guidance, the filters and the
+draw from given uniforms) is one ``torch.compile`` graph with static shapes
+(:meth:`~tessera.models.dalle.DALLE.decode_step`) and the weights frozen into it as constants
+(inductor's ``freezing``: under bf16 autocast the weights are cast and packed for the matmul
+kernels once, not at every token). One graph is compiled per (model weights, batch, settings,
+autocast dtype), a one-off cost of tens of seconds on CPU; it is rebuilt when the weights
+change. The uniforms come from the same generator in the same order, so a compiled run draws
+the eager run's tokens up to floating-point rounding of the logits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
+import weakref
+from collections.abc import Callable, Iterator
 
 import torch
 
 from tessera.models.dalle import DALLE, empty_text
-from tessera.sampling.filters import filter_logits, sample
+from tessera.nn.attention import KVCache
+from tessera.sampling.filters import filter_logits, sample_with
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
     """temperature / top_k / top_p / threshold: logit filters (:mod:`tessera.sampling.filters`).
     guidance: classifier-free guidance scale; 1 disables it (paper: no guidance).
-    use_cache: KV cache (False re-runs the whole prefix per token; for tests/benchmarks)."""
+    use_cache: KV cache (False re-runs the whole prefix per token; for tests/benchmarks).
+    compile: one compiled graph per token step (needs the cache; see the module docstring)."""
 
     temperature: float = 1.0
     top_k: int = 0
@@ -29,6 +44,7 @@ class SamplingConfig:
     threshold: float = 0.0
     guidance: float = 1.0
     use_cache: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
@@ -39,6 +55,104 @@ class SamplingConfig:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if self.compile and not self.use_cache:
+            raise ValueError("compile needs use_cache (the compiled step reads the KV cache)")
+
+
+def next_token(logits: torch.Tensor, u: torch.Tensor, s: SamplingConfig) -> torch.Tensor:
+    """Guidance (the first half of the rows conditional, the second unconditional), the
+    filters, then one draw per row from uniforms ``u`` ``(B, 1)``; guided: the tokens for both
+    halves. Shared by the eager loop and the compiled step."""
+    guided = s.guidance != 1.0
+    if guided:
+        b = logits.shape[0] // 2
+        cond, uncond = logits[:b], logits[b:]
+        logits = uncond + s.guidance * (cond - uncond)
+    logits = filter_logits(
+        logits, temperature=s.temperature, k=s.top_k, p=s.top_p, threshold=s.threshold
+    )
+    nxt = sample_with(logits, u)
+    return torch.cat([nxt, nxt]) if guided else nxt
+
+
+StepFn = Callable[..., torch.Tensor]
+# model -> {key: compiled step}; weak, so a dropped model frees its graphs
+_COMPILED: weakref.WeakKeyDictionary[DALLE, dict[tuple, StepFn]] = weakref.WeakKeyDictionary()
+
+
+def _weights_key(model: DALLE) -> tuple:
+    """Changes whenever a parameter is replaced or updated in place (a frozen graph holds the
+    weights it was compiled with)."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+@contextlib.contextmanager
+def _freezing() -> Iterator[None]:
+    """Compile-time settings of the decoding graph: inductor's ``freezing`` folds the weights
+    (and their casts and packing) into the graph. It is read from the global config at compile
+    time (torch.compile's ``options=`` does not reach it). The frozen graph holds one model's
+    weights, so its guards must tell step modules apart (:class:`_DecodeStep`'s serial)."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(freezing=True):
+        yield
+
+
+class _DecodeStep(torch.nn.Module):
+    """The per-token work as a module, so inductor's freezing sees the weights as the module's
+    constants (a closure over the model would pass them as graph inputs and cast them at every
+    token). ``serial`` is unique per instance and read in ``forward``, so dynamo guards on it:
+    a graph frozen with one model's weights is never reused for another instance (dynamo
+    otherwise matches modules by type)."""
+
+    _serials = itertools.count()
+
+    def __init__(
+        self, model: DALLE, s: SamplingConfig, device_type: str, ac_dtype: torch.dtype | None
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.settings = s
+        self.device_type = device_type
+        self.ac_dtype = ac_dtype
+        self.serial = next(self._serials)
+
+    def forward(
+        self,
+        token: torch.Tensor,
+        index: torch.Tensor,
+        u: torch.Tensor,
+        k: list[torch.Tensor],
+        v: list[torch.Tensor],
+        biases: torch.Tensor,
+    ) -> torch.Tensor:
+        if self.serial < 0:  # never; makes the serial part of the graph's guards
+            raise AssertionError
+        with torch.autocast(
+            self.device_type, dtype=self.ac_dtype, enabled=self.ac_dtype is not None
+        ):
+            logits = self.model.decode_step(token, index, KVCache(k, v), biases)
+        return next_token(logits, u, self.settings)
+
+
+def compiled_step(model: DALLE, batch: int, s: SamplingConfig, cache: KVCache) -> StepFn:
+    """The compiled ``(token, index, u, k, v, biases) -> next token`` step for this model,
+    batch (rows, guided streams included), settings and the caller's autocast state."""
+    device = model.text_emb.weight.device
+    ac = torch.is_autocast_enabled(device.type)
+    ac_dtype = torch.get_autocast_dtype(device.type) if ac else None
+    filters = (s.temperature, s.top_k, s.top_p, s.threshold, s.guidance)
+    key = (_weights_key(model), batch, filters, ac_dtype, cache.dtype, str(device))
+    graphs = _COMPILED.setdefault(model, {})
+    fn = graphs.get(key)
+    if fn is None:
+        for old in [k for k in graphs if k[0] != key[0]]:  # stale weights: drop their graphs
+            del graphs[old]
+
+        step = _DecodeStep(model, s, device.type, ac_dtype)
+        fn = torch.compile(step, dynamic=False, fullgraph=True)
+        graphs[key] = fn
+    return fn
 
 
 @torch.no_grad()
@@ -79,27 +193,41 @@ def generate_image_tokens(
         cache = model.new_cache(text.shape[0]) if s.use_cache else None
         x = model.embed(text, tokens if r else None)
         h = model.hidden(x, cache=cache)[:, -1]  # (B', d): predicts image token r
-        out = [tokens]
-        for i in range(r, n):
-            logits = model.image_logits(h).float()  # (B', V)
-            if guided:
-                cond, uncond = logits[:b], logits[b:]
-                logits = uncond + s.guidance * (cond - uncond)
-            logits = filter_logits(
-                logits, temperature=s.temperature, k=s.top_k, p=s.top_p, threshold=s.threshold
-            )
-            nxt = sample(logits, generator)  # (B,)
-            if guided:
-                nxt = torch.cat([nxt, nxt])
-            out.append(nxt[:, None])
-            if i == n - 1:
-                break
+        logits = model.image_logits(h).float()  # (B', V)
+        rows = text.shape[0]
+        u = torch.rand(b, 1, generator=generator, device=device)
+        nxt = next_token(logits, u, s)  # (B',)
+        out = [tokens, nxt[:, None]]
+        if s.compile and r + 1 < n:
+            assert cache is not None
+            step = compiled_step(model, rows, s, cache)
+            biases = model.mask_biases(device)
+            for i in range(r, n - 1):
+                u = torch.rand(b, 1, generator=generator, device=device)
+                index = torch.tensor([i], device=device)
+                # The first step compiles (inductor's freezing is read from the global config
+                # at compile time; torch.compile's options= does not reach it) and checks the
+                # guards; later steps differ only in the values of index / token / u, so their
+                # guard evaluation is skipped.
+                stance = (
+                    torch.compiler.set_stance(skip_guard_eval_unsafe=True)
+                    if i > r
+                    else _freezing()
+                )
+                with stance:
+                    nxt = step(nxt, index, u, cache.k, cache.v, biases)
+                out.append(nxt[:, None])
+            return torch.cat(out, dim=1)[:b]
+        for i in range(r, n - 1):
             if cache is not None:
                 x = model.embed(None, nxt[:, None], image_start=i)
                 h = model.hidden(x, cache=cache, start=cfg.text_len + i)[:, -1]
             else:
                 seq = torch.cat(out, dim=1)
                 h = model.hidden(model.embed(text, seq))[:, -1]
+            u = torch.rand(b, 1, generator=generator, device=device)
+            nxt = next_token(model.image_logits(h).float(), u, s)
+            out.append(nxt[:, None])
         return torch.cat(out, dim=1)[:b]
     finally:
         model.train(was_training)

@@ -133,6 +133,8 @@ class Trainer:
                     f"{type(model).__name__} does not support activation checkpointing"
                 )
             setter(True)
+        if config.compile:  # in place: state_dict keys, EMA and checkpoints see the plain model
+            self.model.compile(dynamic=False)
         if self.fsdp:
             self.module = wrap_fsdp(self.model, self.ctx, precision=config.precision)
             self.powersgd = None
