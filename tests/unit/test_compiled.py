@@ -28,7 +28,9 @@ def _model(attention: str = "sparse", seed: int = 0) -> DALLE:
 
 def _text(model: DALLE, b: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(5)
-    return prepare_text(torch.randint(3, 50, (b, 3), generator=g), torch.full((b,), 3), model.config)
+    return prepare_text(
+        torch.randint(3, 50, (b, 3), generator=g), torch.full((b,), 3), model.config
+    )
 
 
 @pytest.mark.parametrize("attention", ["sparse", "full"])
@@ -65,10 +67,16 @@ def test_training_forward_uses_the_whole_stream_without_changing_the_loss() -> N
     loss, text_ce, image_ce = model(text, image)
     h = model.hidden(model.embed(text, image[:, :-1]))
     n_text = cfg.text_len - 1
+    ref_text = torch.nn.functional.cross_entropy(
+        model.text_logits(h[:, :n_text]).flatten(0, 1), text[:, 1:].flatten()
+    )
     ref_image = torch.nn.functional.cross_entropy(
         model.image_logits(h[:, n_text:]).flatten(0, 1), image.flatten()
     )
+    assert abs(text_ce.item() - ref_text.item()) < 1e-5
     assert abs(image_ce.item() - ref_image.item()) < 1e-5
+    ref = cfg.loss_text_weight * ref_text + cfg.loss_image_weight * ref_image
+    assert abs(loss.item() - ref.item()) < 1e-5
 
 
 @pytest.mark.slow
@@ -79,7 +87,9 @@ def test_compiled_sampling_draws_the_eager_tokens_and_follows_weight_changes() -
     fast = SamplingConfig(top_k=6, guidance=2.0, compile=True)
 
     def run(s: SamplingConfig) -> torch.Tensor:
-        return generate_image_tokens(model, text, settings=s, generator=torch.Generator().manual_seed(3))
+        return generate_image_tokens(
+            model, text, settings=s, generator=torch.Generator().manual_seed(3)
+        )
 
     assert torch.equal(run(fast), run(eager))
     assert torch.equal(run(fast), run(eager))  # the second call reuses the graph
@@ -92,7 +102,9 @@ def test_compiled_sampling_draws_the_eager_tokens_and_follows_weight_changes() -
 def test_compiled_training_forward_gives_the_eager_loss_and_gradients() -> None:
     model = _model("sparse").train()
     text = _text(model, 4)
-    image = torch.randint(0, 16, (4, model.config.image_len), generator=torch.Generator().manual_seed(1))
+    image = torch.randint(
+        0, 16, (4, model.config.image_len), generator=torch.Generator().manual_seed(1)
+    )
     loss = model(text, image)[0]
     loss.backward()
     ref = {n: p.grad.clone() for n, p in model.named_parameters()}

@@ -114,10 +114,8 @@ def masked_attention(
     """
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, t, T)
     scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # softmax in >= fp32
-    if mask.dtype == torch.bool:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    else:
-        scores = scores + mask
+    bool_mask = mask.dtype == torch.bool
+    scores = scores.masked_fill(~mask, float("-inf")) if bool_mask else scores + mask
     attn = torch.softmax(scores, dim=-1).to(v.dtype)
     if dropout > 0:
         attn = F.dropout(attn, p=dropout)

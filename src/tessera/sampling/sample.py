@@ -210,9 +210,7 @@ def generate_image_tokens(
                 # guards; later steps differ only in the values of index / token / u, so their
                 # guard evaluation is skipped.
                 stance = (
-                    torch.compiler.set_stance(skip_guard_eval_unsafe=True)
-                    if i > r
-                    else _freezing()
+                    torch.compiler.set_stance(skip_guard_eval_unsafe=True) if i > r else _freezing()
                 )
                 with stance:
                     nxt = step(nxt, index, u, cache.k, cache.v, biases)
