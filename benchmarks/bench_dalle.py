@@ -106,6 +106,7 @@ if SRC.is_dir():
     sys.path.insert(0, str(SRC))
 
 PEER_SCRIPT = ROOT.parent / "shared" / "bench" / "peer_dalle_pytorch.py"
+GEMM_PROBE = ROOT.parent / "shared" / "bench" / "cpu_gemm_peak.py"
 PEER_PYTHON = os.path.join(os.environ.get("PEERS", "/tmp/peers-venv"), "bin", "python")
 
 TEXT_VOCAB, TEXT_LEN, D_MODEL, N_HEADS = 10000, 64, 256, 8
@@ -122,7 +123,13 @@ PRESETS = {
     "s128-d8-full": (16, 8192, 8, "full", ("full",)),
     "s128-d4-axial": (16, 8192, 4, AXIAL, ("sparse", "row")),
     "s128-d4-conv": (16, 8192, 4, "conv_like", ("conv",)),
+    # not a peer preset: the same stream at d 512 (8 heads of 64), for the bf16 MFU target;
+    # the peer is given the shapes as flags
+    "s128-d8-full-d512": (16, 8192, 8, "full", ("full",)),
 }
+WIDTH = {"s128-d8-full-d512": 512}  # d_model where not D_MODEL
+TRAIN_MODES = ("fp32", "bf16", "fp32_compiled", "bf16_compiled")
+GEN_MODES = ("cached_fp32", "cached_bf16", "cached_fp32_compiled", "cached_bf16_compiled")
 
 
 def log(msg: str) -> None:
@@ -151,12 +158,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k-frac", type=float, default=0.1, help="top_k = ceil(frac * vocab)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--peak-fp32", type=float, default=323.0, help="fp32 GEMM peak, GFLOP/s")
-    p.add_argument("--peak-bf16", type=float, default=2271.0, help="bf16 GEMM peak, GFLOP/s")
+    p.add_argument(
+        "--peak-fp32", type=float, default=323.0, help="nominal fp32 GEMM peak, GFLOP/s (issue 18)"
+    )
+    p.add_argument(
+        "--peak-bf16", type=float, default=2271.0, help="nominal bf16 GEMM peak, GFLOP/s"
+    )
+    p.add_argument(
+        "--no-peak-probe",
+        action="store_true",
+        help="skip measuring this machine's GEMM peak (../shared/bench/cpu_gemm_peak.py) in "
+        "the run; MFU is then against the nominal peaks only",
+    )
     p.add_argument(
         "--scaling-grids",
         default=None,
         help="grid sides for the sampling-cost scaling test (8,16,32; --quick 4,8; '' skips)",
+    )
+    p.add_argument(
+        "--no-compile", action="store_true", help="eager only (no torch.compile variants)"
+    )
+    p.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="candidate sampling: one caption x this many samples, compiled bf16, on the "
+        "first preset (512, the paper's; --quick 16; 0 skips)",
+    )
+    p.add_argument(
+        "--no-profile", action="store_true", help="skip the top-ops profiles (train and gen)"
     )
     p.add_argument("--skip-peer", action="store_true", help="time tessera only")
     p.add_argument("--peer-python", default=PEER_PYTHON, help="the peer venv's interpreter")
@@ -183,6 +213,7 @@ def resolve(args: argparse.Namespace) -> None:
         ("retries", 1, 0),
         ("wait_s", 20.0, 0.0),
         ("scaling_grids", "8,16,32", "4,8"),
+        ("candidates", 512, 16),
     ):
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
@@ -217,7 +248,7 @@ def precision_ctx(precision: str):
     return contextlib.nullcontext()
 
 
-def make_config(grid: int, vocab: int, depth: int, attention: str):
+def make_config(grid: int, vocab: int, depth: int, attention: str, d_model: int = D_MODEL):
     from tessera.config.dalle import DalleConfig
 
     return DalleConfig(
@@ -225,7 +256,7 @@ def make_config(grid: int, vocab: int, depth: int, attention: str):
         text_len=TEXT_LEN,
         image_vocab=vocab,
         grid_size=grid,
-        d_model=D_MODEL,
+        d_model=d_model,
         n_layers=depth,
         n_heads=N_HEADS,
         attention=attention,
@@ -254,7 +285,7 @@ def text_batch(cfg, batch: int, generator):
 def train_flops(model, cfg, batch: int) -> dict:
     from torch import nn
 
-    d, t = cfg.d_model, cfg.text_len + cfg.image_len - 1
+    d, t = cfg.d_model, cfg.text_len + cfg.image_len - 1  # the positions that predict
     n_lin = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, nn.Linear))
     head = d * ((cfg.text_len - 1) * cfg.text_table + cfg.image_len * cfg.image_vocab)
     out = {
@@ -282,10 +313,15 @@ def params(model) -> dict:
 # ----------------------------------------------------------------------------------- tessera
 
 
-def measure_train(cfg, args: argparse.Namespace, precision: str) -> dict:
+def measure_train(cfg, args: argparse.Namespace, mode: str) -> dict:
+    """mode: fp32 | bf16 | fp32_compiled | bf16_compiled (``model.compile()``, as the
+    trainer's ``train.compile``; the first warm-up step compiles)."""
     import torch
 
+    precision, compiled = mode.split("_")[0], mode.endswith("_compiled")
     model = build_model(cfg, args.seed).train()
+    if compiled:
+        model.compile(dynamic=False)
     g = torch.Generator().manual_seed(args.seed + 1)
     text = text_batch(cfg, args.batch, g)
     image = torch.randint(0, cfg.image_vocab, (args.batch, cfg.image_len), generator=g)
@@ -299,7 +335,10 @@ def measure_train(cfg, args: argparse.Namespace, precision: str) -> dict:
         opt.step()
         return loss.item()
 
-    losses = [step() for _ in range(args.warmup)]
+    t0 = time.perf_counter()
+    losses = [step()]
+    first_s = time.perf_counter() - t0
+    losses += [step() for _ in range(args.warmup - 1)]
     times = []
     with Contention() as c:
         for _ in range(args.steps):
@@ -310,6 +349,7 @@ def measure_train(cfg, args: argparse.Namespace, precision: str) -> dict:
     flops = train_flops(model, cfg, args.batch)["total"]
     peak = args.peak_bf16 if precision == "bf16" else args.peak_fp32
     gflops = flops / med / 1e9
+    measured = (args.measured_peak or {}).get(precision)
     return {
         "step_s": summarize(times),
         "samples_per_s": round(args.batch / med, 3),
@@ -323,25 +363,31 @@ def measure_train(cfg, args: argparse.Namespace, precision: str) -> dict:
         "loss_last": round(losses[-1], 4),
         "achieved_gflops": round(gflops, 2),
         "peak_gflops": peak,
-        "mfu": round(gflops / peak, 4),
+        "mfu": round(gflops / peak, 4),  # vs the nominal peak
+        "mfu_measured_peak": None if not measured else round(gflops / measured, 4),
         "own_cpu_util": rnd(c.own_cpu / max(c.wall, 1e-9), 2),
         "foreign_cpu_frac": rnd(c.foreign),
+        "first_step_s": round(first_s, 2),  # includes compiling in the *_compiled modes
     }
 
 
-def measure_gen(model, cfg, text, args: argparse.Namespace, use_cache: bool, precision: str):
+def measure_gen(
+    model, cfg, text, args: argparse.Namespace, use_cache: bool, precision: str, compiled=False
+):
     """(entry, tokens of the last call) for one sampler setting."""
     import torch
 
     from tessera.sampling.sample import SamplingConfig, generate_image_tokens
 
     k = math.ceil(args.top_k_frac * cfg.image_vocab)
-    settings = SamplingConfig(top_k=k, use_cache=use_cache)
+    settings = SamplingConfig(top_k=k, use_cache=use_cache, compile=compiled)
     b, n = text.shape[0], cfg.image_len
     repeats = args.gen_repeats or (3 if n <= 64 else 1)
-    with precision_ctx(precision):  # warm-up: prefill + the last 4 tokens
+    with precision_ctx(precision):  # warm-up: prefill + the last 4 tokens (compiles)
         prefix = torch.zeros(b, max(0, n - 4), dtype=torch.long)
+        t0 = time.perf_counter()
         generate_image_tokens(model, text, settings=settings, prefix=prefix)
+        warm_s = time.perf_counter() - t0
         times = []
         with Contention() as c:
             for _ in range(repeats):
@@ -356,18 +402,31 @@ def measure_gen(model, cfg, text, args: argparse.Namespace, use_cache: bool, pre
         "ms_per_token_step": round(1000 * med / n, 3),
         "top_k": k,
         "foreign_cpu_frac": rnd(c.foreign),
+        "warmup_s": round(warm_s, 2),  # includes compiling in the *_compiled modes
     }
     return entry, out
+
+
+def train_modes(args: argparse.Namespace) -> tuple[str, ...]:
+    return TRAIN_MODES[:2] if args.no_compile else TRAIN_MODES
+
+
+def gen_modes(args: argparse.Namespace) -> tuple[str, ...]:
+    return (GEN_MODES[:2] if args.no_compile else GEN_MODES) + ("uncached_fp32",)
+
+
+def preset_config(pcfg: dict, variant: str):
+    return make_config(pcfg["grid"], pcfg["vocab"], pcfg["depth"], variant, pcfg["d_model"])
 
 
 def tessera_train(pcfg: dict, args: argparse.Namespace) -> dict:
     out = {}
     for variant in pcfg["variants"]:
-        cfg = make_config(pcfg["grid"], pcfg["vocab"], pcfg["depth"], variant)
-        out[variant] = {p: measure_train(cfg, args, p) for p in ("fp32", "bf16")}
+        cfg = preset_config(pcfg, variant)
+        out[variant] = {m: measure_train(cfg, args, m) for m in train_modes(args)}
         log(
-            f"  tessera {variant} train samples/s fp32 {out[variant]['fp32']['samples_per_s']}"
-            f" bf16 {out[variant]['bf16']['samples_per_s']}"
+            f"  tessera {variant} train samples/s "
+            + " ".join(f"{m} {e['samples_per_s']}" for m, e in out[variant].items())
         )
     return out
 
@@ -377,26 +436,129 @@ def tessera_gen(pcfg: dict, args: argparse.Namespace) -> dict:
 
     out = {}
     for variant in pcfg["variants"]:
-        cfg = make_config(pcfg["grid"], pcfg["vocab"], pcfg["depth"], variant)
+        cfg = preset_config(pcfg, variant)
         model = build_model(cfg, args.seed).eval()
         text = text_batch(cfg, args.gen_batch, torch.Generator().manual_seed(args.seed + 1))
         res, toks = {}, {}
-        for name, cache, prec in (
-            ("cached_fp32", True, "fp32"),
-            ("cached_bf16", True, "bf16"),
-            ("uncached_fp32", False, "fp32"),
-        ):
-            res[name], toks[name] = measure_gen(model, cfg, text, args, cache, prec)
-        for name in ("cached_fp32", "cached_bf16"):
-            same = (toks[name] == toks["uncached_fp32"]).float().mean().item()
-            res[name]["token_match_vs_uncached"] = round(same, 4)
+        for name in gen_modes(args):
+            prec = "bf16" if "bf16" in name else "fp32"
+            res[name], toks[name] = measure_gen(
+                model, cfg, text, args, name.startswith("cached"), prec, name.endswith("compiled")
+            )
+        for name in res:
+            if name != "uncached_fp32":
+                same = (toks[name] == toks["uncached_fp32"]).float().mean().item()
+                res[name]["token_match_vs_uncached"] = round(same, 4)
         out[variant] = res
         log(
-            f"  tessera {variant} gen tok/s cached fp32 {res['cached_fp32']['image_tokens_per_s']}"
-            f" bf16 {res['cached_bf16']['image_tokens_per_s']}"
-            f" uncached {res['uncached_fp32']['image_tokens_per_s']}"
+            f"  tessera {variant} gen tok/s "
+            + " ".join(f"{m} {e['image_tokens_per_s']}" for m, e in res.items())
         )
     return out
+
+
+def top_ops(prof, per: int, n: int = 12) -> list[dict]:
+    """The ``n`` ops (inductor's generated kernels by name) with the most self CPU time."""
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1.0
+    return [
+        {
+            "op": e.key[:90],
+            "self_ms_per_call": round(e.self_cpu_time_total / 1000 / per, 3),
+            "share": round(e.self_cpu_time_total / total, 3),
+            "calls_per_call": round(e.count / per, 1),
+        }
+        for e in rows[:n]
+    ]
+
+
+def profile_preset(pcfg: dict, args: argparse.Namespace) -> dict:
+    """What is left: top ops of 3 compiled bf16 train steps and of one compiled bf16 generate
+    call (first variant), profiled after their own warm-up (not timed with the figures)."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+
+    # fresh graphs whose generated kernels record their own names (the timed runs' graphs
+    # are compiled without that hook)
+    torch._dynamo.reset()
+    with inductor_config.patch({"cpp.enable_kernel_profile": True}):
+        out = _profile(pcfg, args)
+    torch._dynamo.reset()
+    return out
+
+
+def _profile(pcfg: dict, args: argparse.Namespace) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from tessera.sampling.sample import SamplingConfig, generate_image_tokens
+
+    cfg = preset_config(pcfg, pcfg["variants"][0])
+    compiled = not args.no_compile
+    model = build_model(cfg, args.seed).train()
+    if compiled:
+        model.compile(dynamic=False)
+    g = torch.Generator().manual_seed(args.seed + 1)
+    text = text_batch(cfg, args.batch, g)
+    image = torch.randint(0, cfg.image_vocab, (args.batch, cfg.image_len), generator=g)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+
+    def step() -> None:
+        with precision_ctx("bf16"):
+            loss = model(text, image)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        for _ in range(3):
+            step()
+    out = {"train_bf16" + ("_compiled" if compiled else ""): top_ops(p, 3)}
+    model = build_model(cfg, args.seed).eval()
+    text = text_batch(cfg, args.gen_batch, torch.Generator().manual_seed(args.seed + 1))
+    k = math.ceil(args.top_k_frac * cfg.image_vocab)
+    settings = SamplingConfig(top_k=k, compile=compiled)
+    with precision_ctx("bf16"):
+        generate_image_tokens(model, text, settings=settings)
+        with profile(activities=[ProfilerActivity.CPU]) as p:
+            generate_image_tokens(model, text, settings=settings)
+    out["gen_cached_bf16" + ("_compiled" if compiled else "")] = top_ops(p, 1)
+    return out
+
+
+def candidate_sampling(pcfg: dict, args: argparse.Namespace, n: int) -> dict:
+    """The paper's candidate sampling: one caption, ``n`` samples in one batch (image tokens
+    only: no dVAE decode, no CLIP reranking), compiled bf16 (eager bf16 too when --no-compile)."""
+    import torch
+
+    from tessera.sampling.sample import SamplingConfig, generate_image_tokens
+
+    cfg = preset_config(pcfg, pcfg["variants"][0])
+    model = build_model(cfg, args.seed).eval()
+    text = text_batch(cfg, 1, torch.Generator().manual_seed(args.seed + 1)).expand(n, -1)
+    k = math.ceil(args.top_k_frac * cfg.image_vocab)
+    settings = SamplingConfig(top_k=k, compile=not args.no_compile)
+    with precision_ctx("bf16"):
+        prefix = torch.zeros(n, cfg.image_len - 4, dtype=torch.long)
+        generate_image_tokens(model, text, settings=settings, prefix=prefix)  # warm-up
+        with Contention() as c:
+            t = time.perf_counter()
+            generate_image_tokens(
+                model, text, settings=settings, generator=torch.Generator().manual_seed(1)
+            )
+            wall = time.perf_counter() - t
+    return {
+        "variant": pcfg["variants"][0],
+        "candidates": n,
+        "precision": "bf16",
+        "compiled": not args.no_compile,
+        "batch_s": round(wall, 3),
+        "images_per_s": round(n / wall, 2),
+        "image_tokens_per_s": round(n * cfg.image_len / wall, 1),
+        "foreign_cpu_frac": rnd(c.foreign),
+    }
 
 
 def sampling_scaling(args: argparse.Namespace, vocab: int) -> dict | None:
@@ -405,34 +567,65 @@ def sampling_scaling(args: argparse.Namespace, vocab: int) -> dict | None:
     grids = [int(s) for s in args.scaling_grids.split(",") if s.strip()]
     if not grids:
         return None
+    modes = ("fp32",) if args.no_compile else ("fp32", "bf16_compiled")
     out: dict = {
         "depth": 4,
         "attention": "full",
         "image_vocab": vocab,
         "gen_batch": args.gen_batch,
-        "precision": "fp32",
         "cache": True,
+        "modes": {},
     }
-    base = None
-    for grid in grids:
-        cfg = make_config(grid, vocab, 4, "full")
-        model = build_model(cfg, args.seed).eval()
-        text = text_batch(cfg, args.gen_batch, torch.Generator().manual_seed(args.seed + 1))
-        entry, _ = measure_gen(model, cfg, text, args, True, "fp32")
-        s_tok = entry["batch_s"]["median"] / cfg.image_len
-        base = base or s_tok
-        out[str(grid)] = {
-            "image_len": cfg.image_len,
-            "batch_s": entry["batch_s"]["median"],
-            "s_per_token": round(s_tok, 6),
-            "relative_s_per_token": round(s_tok / base, 3),
-            "foreign_cpu_frac": entry["foreign_cpu_frac"],
-        }
-        log(f"scaling grid {grid}: {s_tok * 1000:.3f} ms/token")
+    for mode in modes:
+        base, rows = None, {}
+        for grid in grids:
+            cfg = make_config(grid, vocab, 4, "full")
+            model = build_model(cfg, args.seed).eval()
+            text = text_batch(cfg, args.gen_batch, torch.Generator().manual_seed(args.seed + 1))
+            prec, compiled = mode.split("_")[0], mode.endswith("_compiled")
+            entry, _ = measure_gen(model, cfg, text, args, True, prec, compiled)
+            s_tok = entry["batch_s"]["median"] / cfg.image_len
+            base = base or s_tok
+            rows[str(grid)] = {
+                "image_len": cfg.image_len,
+                "batch_s": entry["batch_s"]["median"],
+                "s_per_token": round(s_tok, 6),
+                "relative_s_per_token": round(s_tok / base, 3),
+                "foreign_cpu_frac": entry["foreign_cpu_frac"],
+            }
+            log(f"scaling {mode} grid {grid}: {s_tok * 1000:.3f} ms/token")
+        rel = [r["s_per_token"] for r in rows.values()]
+        rows["max_over_min"] = round(max(rel) / min(rel), 3)
+        out["modes"][mode] = rows
+    out["flat_within_1_5x"] = {m: r["max_over_min"] <= 1.5 for m, r in out["modes"].items()}
     return out
 
 
 # -------------------------------------------------------------------------------------- peer
+
+
+def gemm_peak(args: argparse.Namespace) -> dict:
+    """This machine's fp32 / bf16 GEMM peak from the shared probe, in a fresh process."""
+    cmd = [sys.executable, str(GEMM_PROBE), "--threads", str(args.threads)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        return json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    except (OSError, subprocess.TimeoutExpired, IndexError, json.JSONDecodeError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def peer_shape_flags(preset: str) -> list[str]:
+    """A named peer preset, or (tessera-only presets) the peer's flags for the same shapes."""
+    if preset not in WIDTH:
+        return ["--preset", preset]
+    grid, vocab, depth, attn, _ = PRESETS[preset]
+    d = WIDTH[preset]
+    return [
+        "--image-size", str(grid * 8), "--vae-layers", "3", "--num-image-tokens", str(vocab),
+        "--num-text-tokens", str(TEXT_VOCAB), "--text-seq-len", str(TEXT_LEN),
+        "--dim", str(d), "--depth", str(depth), "--heads", str(N_HEADS),
+        "--dim-head", str(d // N_HEADS), "--attn-types", attn,
+    ]  # fmt: skip
 
 
 def run_peer(args: argparse.Namespace, preset: str, phase: str, gen_repeats: int) -> dict:
@@ -440,8 +633,7 @@ def run_peer(args: argparse.Namespace, preset: str, phase: str, gen_repeats: int
     cmd = [
         args.peer_python,
         args.peer_script,
-        "--preset",
-        preset,
+        *peer_shape_flags(preset),
         "--phases",
         phase,
         "--threads",
@@ -491,8 +683,8 @@ def peer_summary(train: dict | None, gen: dict | None, pcfg: dict) -> dict:
         and c.get("depth") == pcfg["depth"]
         and c.get("text_seq_len") == TEXT_LEN
         and c.get("num_text_tokens") == TEXT_VOCAB
-        and c.get("dim") == D_MODEL
-        and c.get("heads", 0) * c.get("dim_head", 0) == D_MODEL
+        and c.get("dim") == pcfg["d_model"]
+        and c.get("heads", 0) * c.get("dim_head", 0) == pcfg["d_model"]
     )
     out: dict = {
         "impl_version": src.get("impl_version"),
@@ -586,7 +778,8 @@ def med_ratio(xs: list[float | None]) -> float | None:
 
 def run_preset(name: str, args: argparse.Namespace, runner: Runner) -> dict:
     grid, vocab, depth, peer_attn, variants = PRESETS[name]
-    pcfg = {"grid": grid, "vocab": vocab, "depth": depth, "variants": variants}
+    d_model = WIDTH.get(name, D_MODEL)
+    pcfg = {"grid": grid, "vocab": vocab, "depth": depth, "variants": variants, "d_model": d_model}
     n = grid * grid
     gen_repeats = args.gen_repeats or (3 if n <= 64 else 1)
     peer = not args.skip_peer
@@ -626,7 +819,7 @@ def run_preset(name: str, args: argparse.Namespace, runner: Runner) -> dict:
             "image_vocab": vocab,
             "grid_size": grid,
             "image_len": n,
-            "d_model": D_MODEL,
+            "d_model": d_model,
             "n_heads": N_HEADS,
             "depth": depth,
             "peer_attn_types": peer_attn,
@@ -636,7 +829,7 @@ def run_preset(name: str, args: argparse.Namespace, runner: Runner) -> dict:
         "tessera": {},
     }
     for v in variants:
-        cfg = make_config(grid, vocab, depth, v)
+        cfg = preset_config(pcfg, v)
         model = build_model(cfg, args.seed)
         entry: dict = {
             "layer_kinds": [b.kind for b in model.blocks],
@@ -644,20 +837,31 @@ def run_preset(name: str, args: argparse.Namespace, runner: Runner) -> dict:
             "flops_per_train_step": train_flops(model, cfg, args.batch),
             "train": {
                 p: median_entry([t[v][p] for t in trains], "samples_per_s")
-                for p in ("fp32", "bf16")
+                for p in train_modes(args)
             },
             "gen": {
                 m: median_entry([g[v][m] for g in gens], "image_tokens_per_s")
-                for m in ("cached_fp32", "cached_bf16", "uncached_fp32")
+                for m in gen_modes(args)
             },
         }
-        g = entry["gen"]
-        entry["gen_best_cached"] = (
-            "bf16"
-            if g["cached_bf16"]["image_tokens_per_s"] > g["cached_fp32"]["image_tokens_per_s"]
-            else "fp32"
-        )
+        tr, g = entry["train"], entry["gen"]
+        entry["train_best"] = max(tr, key=lambda m: tr[m]["samples_per_s"])
+        cached = [m for m in g if m.startswith("cached")]
+        entry["gen_best_cached"] = max(cached, key=lambda m: g[m]["image_tokens_per_s"])
+
+        def best_of(prec: str, g=g, cached=cached) -> float:
+            return max(g[m]["image_tokens_per_s"] for m in cached if prec in m)
+
+        entry["gen_bf16_not_slower_than_fp32"] = best_of("bf16") >= best_of("fp32")
+        entry["mfu_bf16_best"] = max(e["mfu"] for m, e in tr.items() if "bf16" in m)
+        if args.measured_peak:
+            entry["mfu_measured_peak_bf16_best"] = max(
+                e["mfu_measured_peak"] for m, e in tr.items() if "bf16" in m
+            )
         out["tessera"][v] = entry
+    if not args.no_profile:
+        log(f"{name}: profiling (top ops)")
+        out["profile"] = profile_preset(pcfg, args)
     if not peer:
         return out
 
@@ -673,13 +877,14 @@ def run_preset(name: str, args: argparse.Namespace, runner: Runner) -> dict:
     out["ratios"], out["goals"] = {}, {}
     for v in variants:
         rr: dict = {}
-        for p in ("fp32", "bf16"):
+        for p in train_modes(args):
             rr[f"train_{p}"] = med_ratio(
                 [
                     ratio(t[v][p]["samples_per_s"], pt_.get("train", {}).get("samples_per_s"))
                     for t, pt_ in zip(trains, p_trains)
                 ]
             )
+        for p in [m.removeprefix("cached_") for m in gen_modes(args) if m.startswith("cached")]:
             for mode, key in (("default", "shipped"), ("cache_patched", "cache_patched")):
                 rr[f"gen_{p}_vs_{key}"] = med_ratio(
                     [
@@ -690,7 +895,8 @@ def run_preset(name: str, args: argparse.Namespace, runner: Runner) -> dict:
                         for g, pg_ in zip(gens, p_gens)
                     ]
                 )
-        best = out["tessera"][v]["gen_best_cached"]
+        rr["train_best"] = rr[f"train_{out['tessera'][v]['train_best']}"]
+        best = out["tessera"][v]["gen_best_cached"].removeprefix("cached_")
         rr["gen_best_vs_shipped"] = rr[f"gen_{best}_vs_shipped"]
         rr["gen_best_vs_cache_patched"] = rr[f"gen_{best}_vs_cache_patched"]
         out["ratios"][v] = rr
@@ -699,6 +905,17 @@ def run_preset(name: str, args: argparse.Namespace, runner: Runner) -> dict:
             return None if x is None else x >= target
 
         out["goals"][v] = {
+            # issue 18's targets
+            "train_5x_best": at_least(rr["train_best"], 5),
+            "sample_3x_cache_patched_best": at_least(rr["gen_best_vs_cache_patched"], 3),
+            "sample_bf16_not_slower": out["tessera"][v]["gen_bf16_not_slower_than_fp32"],
+            "mfu_bf16_25pct": out["tessera"][v]["mfu_bf16_best"] >= 0.25,
+            "mfu_bf16_25pct_of_measured_peak": (
+                None
+                if not args.measured_peak
+                else out["tessera"][v]["mfu_measured_peak_bf16_best"] >= 0.25
+            ),
+            # the earlier issue's
             "train_2x_fp32": at_least(rr["train_fp32"], 2),
             "train_2x_bf16": at_least(rr["train_bf16"], 2),
             "sample_10x_shipped_fp32": at_least(rr["gen_fp32_vs_shipped"], 10),
@@ -724,6 +941,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
+    import torch._dynamo
+
+    # every (preset, variant, mode) compiles its own graph of the same functions; dynamo's
+    # default of 8 graphs per function would silently run the later ones eagerly
+    torch._dynamo.config.recompile_limit = 256
 
     if not args.skip_peer and not os.path.exists(args.peer_python):
         raise SystemExit(
@@ -731,6 +953,16 @@ def main() -> None:
             "(../shared/bench/README.md), pass --peer-python, or --skip-peer"
         )
     presets = args.presets.split(",")
+    args.measured_peak = None
+    probe = None
+    if not args.no_peak_probe and not args.quick:
+        log("GEMM peak probe (this machine, this run)")
+        probe = gemm_peak(args)
+        if "peak_gflops" in probe:
+            args.measured_peak = {
+                "fp32": probe["peak_gflops"]["float32"],
+                "bf16": probe["peak_gflops"]["bfloat16"],
+            }
     result: dict = {
         "bench": "dalle_transformer_vs_dalle_pytorch",
         "torch": torch.__version__,
@@ -752,6 +984,9 @@ def main() -> None:
             "peer_python": None if args.skip_peer else args.peer_python,
             "peer_script": None if args.skip_peer else args.peer_script,
         },
+        "gemm_peak_probe": None
+        if probe is None
+        else {k: probe.get(k) for k in ("cpu", "peak_gflops", "error") if k in probe},
         "presets": {},
     }
     runner = Runner(args)
@@ -761,12 +996,26 @@ def main() -> None:
         version = res.get("peer", {}).get("impl_version")
         if version and result["peer"] is None:
             result["peer"] = f"dalle-pytorch {version}"
+    if args.candidates:
+        wait_quiet(args.wait_s, args.max_foreign)
+        name = presets[0]
+        grid, vocab, depth, _, variants = PRESETS[name]
+        pcfg = {"grid": grid, "vocab": vocab, "depth": depth, "variants": variants}
+        pcfg["d_model"] = WIDTH.get(name, D_MODEL)
+        log(f"candidate sampling: {args.candidates} samples of one caption on {name}")
+        result["candidate_sampling"] = {"preset": name} | candidate_sampling(
+            pcfg, args, args.candidates
+        )
+        runner.foreign.append(result["candidate_sampling"]["foreign_cpu_frac"] or 0.0)
     wait_quiet(args.wait_s, args.max_foreign)
     scaling = sampling_scaling(args, 8192)  # the issue's codebook
     result["sampling_scaling"] = scaling
     if scaling:
         runner.foreign += [
-            v["foreign_cpu_frac"] or 0.0 for v in scaling.values() if isinstance(v, dict)
+            v["foreign_cpu_frac"] or 0.0
+            for rows in scaling["modes"].values()
+            for v in rows.values()
+            if isinstance(v, dict)
         ]
     result["foreign_cpu_frac_max"] = rnd(max(runner.foreign)) if runner.foreign else None
     result["discarded_pairs"] = runner.discarded

@@ -157,3 +157,21 @@ def test_too_long_prompt_is_cut_with_a_warning(pipeline, caplog) -> None:
         s = pipe.generate([long, "a red circle"], n=1)
     assert s.images.shape[0] == 2
     assert "1 prompt(s) longer than the model's 7 text tokens were cut" in caplog.text
+
+
+@pytest.mark.slow
+def test_generate_compiled_bf16_and_flag_errors(pipeline, tmp_path) -> None:
+    """--compile draws the eager tokens (fp32, same seed); --precision bf16 runs; unCLIP-only
+    and DALL·E-only flags are one-line errors on the other kind."""
+    _, run, _ = pipeline
+    model = str(run / "final")
+    base = ["generate", "a red circle", "--model", model, "--n", "2", "--seed", "3",
+            "--top-k", "8"]  # fmt: skip
+    eager, fast, half = tmp_path / "eager", tmp_path / "fast", tmp_path / "half"
+    assert main([*base, "--out", str(eager)]) == 0
+    assert main([*base, "--compile", "--out", str(fast)]) == 0
+    assert (eager / "0000-001.png").read_bytes() == (fast / "0000-001.png").read_bytes()
+    assert main([*base, "--compile", "--precision", "bf16", "--out", str(half)]) == 0
+    line = json.loads((half / "manifest.jsonl").read_text().splitlines()[0])
+    assert line["compile"] is True
+    assert main([*base, "--decoder-steps", "3", "--out", str(half)]) == 2

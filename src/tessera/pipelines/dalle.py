@@ -112,13 +112,17 @@ class DallePipeline:
         image_prompt: torch.Tensor | None = None,
         keep_rows: int = 0,
         batch_size: int = 64,
+        precision: str = "fp32",
     ) -> Samples:
         """``n`` samples per prompt. image_prompt: one image (1, 3, H, W) or one per prompt
         (B, 3, H, W) whose first ``keep_rows`` token rows are kept (the paper's image-to-image
         translation). Every draw comes from one generator seeded with ``seed``. With a
         reranker each prompt's samples come best first, and only the best ``keep`` of the
         ``n`` are returned (default: all; the paper keeps 32 of 512). settings: default the
-        pipeline's own."""
+        pipeline's own. precision: ``fp32`` or ``bf16`` (autocast around token sampling only;
+        the dVAE decode and the reranker stay in float32)."""
+        if precision not in ("fp32", "bf16"):
+            raise DataError(f"precision must be fp32 or bf16, got {precision!r}")
         if n < 1:
             raise DataError(f"n must be >= 1, got {n}")
         if keep is not None and (self.reranker is None or not 1 <= keep <= n):
@@ -141,15 +145,15 @@ class DallePipeline:
         chunks = []
         for s in range(0, text.shape[0], batch_size):
             p = None if prefix is None else prefix[s : s + batch_size].to(device)
-            chunks.append(
-                generate_image_tokens(
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                tokens = generate_image_tokens(
                     self.model,
                     text[s : s + batch_size].to(device),
                     settings=settings,
                     prefix=p,
                     generator=gen,
-                ).cpu()
-            )
+                )
+            chunks.append(tokens.cpu())
         g = self.model.config.grid_size
         tokens = torch.cat(chunks).view(-1, g, g)
         images = torch.cat(
