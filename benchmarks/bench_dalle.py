@@ -15,28 +15,47 @@ Usage (the peer's interpreter is ``$PEERS/bin/python``, default /tmp/peers-venv/
 
     python benchmarks/bench_dalle.py [--presets s128-d4-full,s128-d8-full,s128-d4-axial]
         [--steps 10] [--warmup 3] [--rounds 1] [--threads 2] [--skip-peer] [--quick]
+        [--no-compile] [--no-profile] [--candidates 512] [--no-peak-probe]
 
-``--quick`` is a smoke test (2 steps, 1 warm-up, 1 generation, small scaling grids, no waiting
-for a quiet machine). Contamination guard (as bench_vae.py, helpers in _common.py): a (tessera,
+``--quick`` is a smoke test (2 steps, 1 warm-up, 1 generation, small scaling grids, 16
+candidates, no GEMM probe, no waiting for a quiet machine). ``--no-compile`` keeps eager modes
+only; ``--no-profile`` skips the top-op profiles; ``--candidates 0`` skips candidate sampling.
+
+Contamination guard (as bench_vae.py, helpers in _common.py): a (tessera,
 peer) pair of one phase during which other processes used more than ``--max-foreign`` of the
 machine's CPU is re-run after waiting for quiet, up to ``--retries`` times.
 
 What is timed (tessera):
   train  forward + backward + ``AdamW(lr)`` step on a fixed random batch (``--batch`` 8; text ids
          through ``prepare_text`` with full-length captions, random image tokens): ``--warmup``
-         untimed steps, then ``--steps`` timed ones; fp32 and ``torch.autocast("cpu",
-         dtype=torch.bfloat16)``. The peer: the same with ``Adam``, fp32.
+         untimed steps (the first compiles in the compiled modes), then ``--steps`` timed ones;
+         modes fp32, bf16 (``torch.autocast("cpu", dtype=torch.bfloat16)``), fp32_compiled and
+         bf16_compiled (``model.compile()``, as ``train.compile=true``). The peer: the same
+         with ``Adam``, fp32.
   gen    ``generate_image_tokens`` for ``--gen-batch`` 4 prompts, all image tokens, top-k with
-         k = ceil(0.1 * image_vocab) (the peer: ``filter_thres=0.9``), KV cache on (fp32 and
-         bf16 autocast) and off (fp32); one warm-up call that samples only the last 4 tokens.
+         k = ceil(0.1 * image_vocab) (the peer: ``filter_thres=0.9``): KV cache on in fp32 and
+         bf16 autocast, eager and compiled (``SamplingConfig(compile=True)``), and off (fp32);
+         one warm-up call that samples only the last 4 tokens (and compiles the step).
          The peer: ``generate_images`` as shipped (``default``) and with its KV cache patched in
          (``cache_patched``); its time also includes the dVAE decode of the 4 images.
-  scaling  cached fp32 sampling at d4, full attention, image vocab 8192, for each
-         ``--scaling-grids`` side (8,16,32 = 64, 256, 1024 image tokens): seconds per token.
+  profile  top ops by self CPU time of 3 bf16 (compiled) train steps and one bf16 (compiled)
+         generate call of each preset's first variant, on graphs compiled afresh with
+         inductor's kernel names recorded (not the timed runs).
+  candidates  the paper's candidate sampling: one caption x ``--candidates`` (512) samples in
+         one batch, bf16 compiled, image tokens only (no dVAE decode, no CLIP), on the first
+         preset: images/s.
+  scaling  cached sampling at d4, full attention, image vocab 8192, for each ``--scaling-grids``
+         side (8,16,32 = 64, 256, 1024 image tokens), fp32 eager and bf16 compiled: seconds per
+         token; ``max_over_min`` <= 1.5 is the issue's "flat" target.
+  GEMM peak  ``../shared/bench/cpu_gemm_peak.py`` in a subprocess at the start: this machine's
+         fp32 / bf16 matmul peak, the denominator of ``mfu_measured_peak`` (``mfu`` uses the
+         nominal ``--peak-fp32`` / ``--peak-bf16``, the issue's figures for its machine).
 
 JSON fields (one line on stdout; progress goes to stderr):
   bench, torch, python, threads, cpu_count: identification.
   peer: "dalle-pytorch <version>" (null with --skip-peer or when every peer run failed).
+  gemm_peak_probe: {cpu, peak_gflops {float32, bfloat16}} of this machine (null with
+    --no-peak-probe / --quick).
   settings: the run's parameters: batch, gen_batch, steps, warmup, rounds, lr, seed, top_k_frac,
     peak_gflops {fp32, bf16} (the MFU denominators), max_foreign, peer_python, peer_script.
   presets.NAME:
@@ -51,32 +70,43 @@ JSON fields (one line on stdout; progress goes to stderr):
         over text_vocab + text_len rows at text_len - 1 positions, image logits over image_vocab
         at image_len positions, x6), attn_12LdT2 (12 * L * d * positions^2 * batch: scores and
         A.V as executed densely, whatever the mask), total.
-      train.{fp32,bf16}: step_s {median, min, max, n}; samples_per_s (median step) and
+      train.{fp32,bf16,fp32_compiled,bf16_compiled}: step_s {median, min, max, n};
+        first_step_s (compiling included); samples_per_s (median step) and
         samples_per_s_minmax; image_tokens_per_s; tokens_per_s (text + image per sample);
         loss_first / loss_last (first warm-up and last timed step); achieved_gflops (total /
         median step), peak_gflops and mfu (their ratio) for that precision; own_cpu_util;
-        foreign_cpu_frac. With --rounds > 1: the median round, plus samples_per_s_rounds.
-      gen.{cached_fp32, cached_bf16, uncached_fp32}: batch_s {median, min, max, n} (one
+        mfu_measured_peak; foreign_cpu_frac. With --rounds > 1: the median round, plus
+        samples_per_s_rounds. train_best: the fastest mode; mfu_bf16_best,
+        mfu_measured_peak_bf16_best: the best bf16 mode's.
+      gen.{cached_fp32, cached_bf16, cached_fp32_compiled, cached_bf16_compiled,
+        uncached_fp32}: warmup_s (compiling included), batch_s {median, min, max, n} (one
         generate call for the whole batch), image_tokens_per_s (gen_batch * image_len /
         median), ms_per_token_step, foreign_cpu_frac; cached_* also token_match_vs_uncached
         (share of sampled tokens equal to the fp32 uncached run, same seed).
-      gen_best_cached: the faster cached precision ("fp32" or "bf16").
+      gen_best_cached: the fastest cached mode; gen_bf16_not_slower_than_fp32: the best bf16
+        mode's tokens/s >= the best fp32 mode's.
+    profile: {train_bf16_compiled, gen_cached_bf16_compiled}: [{op, self_ms_per_call, share,
+      calls_per_call}] (per train step / per generate call).
     peer: the peer's figures (a subset of its JSON): config_matches (its shapes equal ours),
       params.matmul_N, flops_per_train_step (6N_T_plus_attn_as_executed), train {samples_per_s,
       samples_per_s_minmax, step_s, loss_first, loss_last, achieved_gflops_6N_attn, mfu_6N_attn,
       foreign_cpu_frac}, gen.{default, cache_patched} {batch_s, image_tokens_per_s,
       foreign_cpu_frac}, peak_rss_mb {train, gen}; or {"error": ...} when the run failed.
     ratios.VARIANT (tessera / peer, median of the per-round ratios; > 1: tessera is faster):
-      train_fp32, train_bf16 (samples/s over the peer's fp32 samples/s); gen_{fp32,bf16}_vs_shipped
-      and gen_{fp32,bf16}_vs_cache_patched (our cached image tokens/s over the peer's default and
-      cache_patched); gen_best_vs_shipped / gen_best_vs_cache_patched (the faster precision).
-    goals.VARIANT: the issue's targets as booleans: train_2x_fp32, train_2x_bf16 (>= 2x);
-      sample_10x_shipped_fp32, sample_10x_shipped_best (>= 10x the shipped sampler);
-      sample_2x_cache_patched_fp32, sample_2x_cache_patched_best (>= 2x the cache-patched one).
-  sampling_scaling: depth, attention, image_vocab, gen_batch, precision and per grid side
-    ("8", ...): image_len, batch_s, s_per_token (batch_s / image_len), relative_s_per_token
-    (vs the smallest grid; ~1 everywhere = cost linear in the number of image tokens),
-    foreign_cpu_frac.
+      train_MODE (samples/s over the peer's fp32 samples/s), train_best; gen_MODE_vs_shipped
+      and gen_MODE_vs_cache_patched for each cached MODE (our image tokens/s over the peer's
+      default and cache_patched); gen_best_vs_shipped / gen_best_vs_cache_patched.
+    goals.VARIANT: targets as booleans. Issue 18: train_5x_best, sample_3x_cache_patched_best,
+      sample_bf16_not_slower, mfu_bf16_25pct (nominal peak), mfu_bf16_25pct_of_measured_peak.
+      Earlier: train_2x_fp32, train_2x_bf16 (>= 2x); sample_10x_shipped_fp32,
+      sample_10x_shipped_best (>= 10x the shipped sampler); sample_2x_cache_patched_fp32,
+      sample_2x_cache_patched_best (>= 2x the cache-patched one).
+  candidate_sampling: preset, variant, candidates, precision, compiled, batch_s, images_per_s,
+    image_tokens_per_s, foreign_cpu_frac.
+  sampling_scaling: depth, attention, image_vocab, gen_batch, modes.{fp32, bf16_compiled}:
+    per grid side ("8", ...): image_len, batch_s, s_per_token (batch_s / image_len),
+    relative_s_per_token (vs the smallest grid; ~1 everywhere = cost linear in the number of
+    image tokens), foreign_cpu_frac; max_over_min. flat_within_1_5x.{mode}: max_over_min <= 1.5.
   foreign_cpu_frac_max: the worst foreign share of any kept measurement (ours or the peer's).
   discarded_pairs: contaminated (tessera, peer) pairs that were re-run.
   peak_rss_mb: this process's peak RSS (all presets, tessera only; the peer's is its own).
@@ -187,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-profile", action="store_true", help="skip the top-ops profiles (train and gen)"
+    )
+    p.add_argument(
+        "--phases", default="train,gen", help="train,gen (default) | train | gen, per preset"
     )
     p.add_argument("--skip-peer", action="store_true", help="time tessera only")
     p.add_argument("--peer-python", default=PEER_PYTHON, help="the peer venv's interpreter")
@@ -325,7 +358,8 @@ def measure_train(cfg, args: argparse.Namespace, mode: str) -> dict:
     g = torch.Generator().manual_seed(args.seed + 1)
     text = text_batch(cfg, args.batch, g)
     image = torch.randint(0, cfg.image_vocab, (args.batch, cfg.image_len), generator=g)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    # fused, as the trainer's optimizer (tessera.training.optim.build_adamw) on plain tensors
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=True)
 
     def step() -> float:
         with precision_ctx(precision):
@@ -501,7 +535,7 @@ def _profile(pcfg: dict, args: argparse.Namespace) -> dict:
     g = torch.Generator().manual_seed(args.seed + 1)
     text = text_batch(cfg, args.batch, g)
     image = torch.randint(0, cfg.image_vocab, (args.batch, cfg.image_len), generator=g)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=True)
 
     def step() -> None:
         with precision_ctx("bf16"):
@@ -784,7 +818,10 @@ def run_preset(name: str, args: argparse.Namespace, runner: Runner) -> dict:
     gen_repeats = args.gen_repeats or (3 if n <= 64 else 1)
     peer = not args.skip_peer
     trains, gens, p_trains, p_gens = [], [], [], []
+    phases = set(args.phases.split(","))
     for r in range(args.rounds):
+        if "train" not in phases:
+            break
         log(f"{name} round {r + 1}/{args.rounds}: train")
         wait_quiet(args.wait_s, args.max_foreign)
         o, t = runner.pair(
@@ -796,6 +833,9 @@ def run_preset(name: str, args: argparse.Namespace, runner: Runner) -> dict:
         p_trains.append(t)
         if t is not None:
             log(f"  peer train samples/s {t.get('train', {}).get('samples_per_s', t)}")
+    for r in range(args.rounds):
+        if "gen" not in phases:
+            break
         log(f"{name} round {r + 1}/{args.rounds}: gen")
         wait_quiet(args.wait_s, args.max_foreign)
         o, t = runner.pair(
@@ -837,27 +877,29 @@ def run_preset(name: str, args: argparse.Namespace, runner: Runner) -> dict:
             "flops_per_train_step": train_flops(model, cfg, args.batch),
             "train": {
                 p: median_entry([t[v][p] for t in trains], "samples_per_s")
-                for p in train_modes(args)
+                for p in (train_modes(args) if trains else ())
             },
             "gen": {
                 m: median_entry([g[v][m] for g in gens], "image_tokens_per_s")
-                for m in gen_modes(args)
+                for m in (gen_modes(args) if gens else ())
             },
         }
         tr, g = entry["train"], entry["gen"]
-        entry["train_best"] = max(tr, key=lambda m: tr[m]["samples_per_s"])
-        cached = [m for m in g if m.startswith("cached")]
-        entry["gen_best_cached"] = max(cached, key=lambda m: g[m]["image_tokens_per_s"])
+        if tr:
+            entry["train_best"] = max(tr, key=lambda m: tr[m]["samples_per_s"])
+            entry["mfu_bf16_best"] = max(e["mfu"] for m, e in tr.items() if "bf16" in m)
+            if args.measured_peak:
+                entry["mfu_measured_peak_bf16_best"] = max(
+                    e["mfu_measured_peak"] for m, e in tr.items() if "bf16" in m
+                )
+        if g:
+            cached = [m for m in g if m.startswith("cached")]
+            entry["gen_best_cached"] = max(cached, key=lambda m: g[m]["image_tokens_per_s"])
 
-        def best_of(prec: str, g=g, cached=cached) -> float:
-            return max(g[m]["image_tokens_per_s"] for m in cached if prec in m)
+            def best_of(prec: str, g=g, cached=cached) -> float:
+                return max(g[m]["image_tokens_per_s"] for m in cached if prec in m)
 
-        entry["gen_bf16_not_slower_than_fp32"] = best_of("bf16") >= best_of("fp32")
-        entry["mfu_bf16_best"] = max(e["mfu"] for m, e in tr.items() if "bf16" in m)
-        if args.measured_peak:
-            entry["mfu_measured_peak_bf16_best"] = max(
-                e["mfu_measured_peak"] for m, e in tr.items() if "bf16" in m
-            )
+            entry["gen_bf16_not_slower_than_fp32"] = best_of("bf16") >= best_of("fp32")
         out["tessera"][v] = entry
     if not args.no_profile:
         log(f"{name}: profiling (top ops)")
@@ -953,6 +995,8 @@ def main() -> None:
             "(../shared/bench/README.md), pass --peer-python, or --skip-peer"
         )
     presets = args.presets.split(",")
+    if set(args.phases.split(",")) != {"train", "gen"} and not args.skip_peer:
+        raise SystemExit("--phases train or gen alone needs --skip-peer (ratios need both)")
     args.measured_peak = None
     probe = None
     if not args.no_peak_probe and not args.quick:

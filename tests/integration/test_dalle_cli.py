@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -175,3 +176,18 @@ def test_generate_compiled_bf16_and_flag_errors(pipeline, tmp_path) -> None:
     line = json.loads((half / "manifest.jsonl").read_text().splitlines()[0])
     assert line["compile"] is True
     assert main([*base, "--decoder-steps", "3", "--out", str(half)]) == 2
+
+
+@pytest.mark.slow
+def test_train_compile_trains_and_exports_plain_weights(pipeline, tmp_path) -> None:
+    """train.compile=true: the compiled forward trains, and the checkpoint and the export
+    hold the plain model's keys (no ``_orig_mod.``), so generation loads them."""
+    root, _, argv = pipeline
+    run = tmp_path / "run"
+    args = [a if a != str(root / "run") else str(run) for a in argv]
+    assert main([*args, "--steps", "3", "train.compile=true"]) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and all(math.isfinite(json.loads(x)["loss"]) for x in lines)
+    out = tmp_path / "gen"
+    assert main(["generate", "a red circle", "--model", str(run / "final"), "--n", "1",
+                 "--out", str(out)]) == 0  # fmt: skip

@@ -66,9 +66,19 @@ def build_adamw(
     weight_decay: float,
     lr_mult: list[tuple[str, float]] | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; ``lr`` is overwritten each step by the schedule."""
+    """AdamW over :func:`param_groups`; ``lr`` is overwritten each step by the schedule.
+
+    The fused kernel (one pass over parameter, gradient and both moments) when every parameter
+    is a plain floating tensor on CPU or CUDA: measured 11% of a bf16 training step at
+    d 512 x 8 layers on 2 CPU cores, where the multi-tensor form makes several passes over
+    35M parameters. Sharded (FSDP2 DTensor) parameters keep the multi-tensor form."""
     groups = param_groups(model, weight_decay, lr_mult)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    params = [p for g in groups for p in g["params"]]
+    fused = bool(params) and all(
+        type(p.data) is torch.Tensor and p.is_floating_point() and p.device.type in ("cpu", "cuda")
+        for p in params
+    )
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
 def grad_norm(params: Iterable[torch.Tensor]) -> torch.Tensor:
