@@ -39,3 +39,8 @@ class TrainingError(TesseraError):
 
 class TrainingDivergedError(TrainingError):
     """Too many consecutive steps had a non-finite loss or gradients."""
+
+
+class CompileError(TesseraError):
+    """``torch.compile`` could not build a graph here (no C++ compiler, an unsupported Python
+    or device); the eager path computes the same thing."""

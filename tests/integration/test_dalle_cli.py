@@ -191,3 +191,26 @@ def test_train_compile_trains_and_exports_plain_weights(pipeline, tmp_path) -> N
     out = tmp_path / "gen"
     assert main(["generate", "a red circle", "--model", str(run / "final"), "--n", "1",
                  "--out", str(out)]) == 0  # fmt: skip
+
+
+def test_train_compile_failure_is_one_line(pipeline, tmp_path, monkeypatch, capsys) -> None:
+    """A compiler that cannot build the graph (no C++ compiler, ...) ends the run with one
+    line naming the way out, not a traceback."""
+    import torch
+
+    root, _, argv = pipeline
+
+    def fake_compile(self, **kw):  # the first call fails as inductor would
+        def broken(*a, **k):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\ntrace")
+
+        self.forward = broken
+
+    monkeypatch.setattr(torch.nn.Module, "compile", fake_compile)
+    args = [a if a != str(root / "run") else str(tmp_path / "run") for a in argv]
+    assert main([*args, "--steps", "2", "train.compile=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(
+        "train.compile: compiling the model failed (RuntimeError: InvalidCxxCompiler: No "
+        "working C++ compiler found); train without it (train.compile=false)"
+    )

@@ -120,3 +120,23 @@ def test_compiled_training_forward_gives_the_eager_loss_and_gradients() -> None:
 def test_compile_needs_the_cache() -> None:
     with pytest.raises(ValueError, match="compile needs use_cache"):
         SamplingConfig(compile=True, use_cache=False)
+
+
+def test_a_compiler_failure_is_one_line(monkeypatch) -> None:
+    from tessera.errors import CompileError
+    from tessera.sampling import sample as sample_mod
+
+    def broken(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nlong trace")
+
+        return call
+
+    monkeypatch.setattr(sample_mod.torch, "compile", broken)
+    model = _model("full", seed=1)  # a fresh model: no graph cached for it
+    with pytest.raises(
+        CompileError,
+        match=r"^compiling the sampling step failed \(RuntimeError: "
+        r"InvalidCxxCompiler: no working C\+\+ compiler found\); sample without",
+    ):
+        generate_image_tokens(model, _text(model), settings=SamplingConfig(compile=True))

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from tessera.errors import CompileError
 from tessera.models.dalle import DALLE, empty_text
 from tessera.nn.attention import KVCache
 from tessera.sampling.filters import filter_logits, sample_with
@@ -135,6 +136,27 @@ class _DecodeStep(torch.nn.Module):
         return next_token(logits, u, self.settings)
 
 
+def _first_step(
+    step: StepFn,
+    token: torch.Tensor,
+    index: torch.Tensor,
+    u: torch.Tensor,
+    cache: KVCache,
+    biases: torch.Tensor,
+) -> torch.Tensor:
+    """A batch's first compiled step: compiles (if needed) with freezing on and checks the
+    guards; a compiler failure is one line saying how to go on without it."""
+    try:
+        with _freezing():
+            return step(token, index, u, cache.k, cache.v, biases)
+    except Exception as e:  # inductor / dynamo raise many kinds; none is the user's data
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CompileError(
+            f"compiling the sampling step failed ({type(e).__name__}: {first}); "
+            "sample without compile (drop --compile / SamplingConfig.compile)"
+        ) from e
+
+
 def compiled_step(model: DALLE, batch: int, s: SamplingConfig, cache: KVCache) -> StepFn:
     """The compiled ``(token, index, u, k, v, biases) -> next token`` step for this model,
     batch (rows, guided streams included), settings and the caller's autocast state."""
@@ -205,15 +227,13 @@ def generate_image_tokens(
             for i in range(r, n - 1):
                 u = torch.rand(b, 1, generator=generator, device=device)
                 index = torch.tensor([i], device=device)
-                # The first step compiles (inductor's freezing is read from the global config
-                # at compile time; torch.compile's options= does not reach it) and checks the
-                # guards; later steps differ only in the values of index / token / u, so their
-                # guard evaluation is skipped.
-                stance = (
-                    torch.compiler.set_stance(skip_guard_eval_unsafe=True) if i > r else _freezing()
-                )
-                with stance:
-                    nxt = step(nxt, index, u, cache.k, cache.v, biases)
+                # The first step compiles and checks the guards; later steps differ only in the
+                # values of index / token / u, so their guard evaluation is skipped.
+                if i == r:
+                    nxt = _first_step(step, nxt, index, u, cache, biases)
+                else:
+                    with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                        nxt = step(nxt, index, u, cache.k, cache.v, biases)
                 out.append(nxt[:, None])
             return torch.cat(out, dim=1)[:b]
         for i in range(r, n - 1):

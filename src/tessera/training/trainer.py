@@ -29,7 +29,13 @@ from torch import nn
 
 from tessera.config.base import Config
 from tessera.config.training import TrainConfig
-from tessera.errors import CheckpointError, TrainingDivergedError, TrainingError
+from tessera.errors import (
+    CheckpointError,
+    CompileError,
+    TesseraError,
+    TrainingDivergedError,
+    TrainingError,
+)
 from tessera.training import schedules, state
 from tessera.training.data import BatchStream
 from tessera.training.distributed import (
@@ -135,6 +141,7 @@ class Trainer:
             setter(True)
         if config.compile:  # in place: state_dict keys, EMA and checkpoints see the plain model
             self.model.compile(dynamic=False)
+        self._compile_checked = not config.compile  # the first step compiles
         if self.fsdp:
             self.module = wrap_fsdp(self.model, self.ctx, precision=config.precision)
             self.powersgd = None
@@ -565,16 +572,17 @@ class Trainer:
             sync = micro == cfg.grad_accum - 1 or not self.ctx.distributed
             if self.sharded:  # FSDP2: reduce-scatter only after the last micro-batch
                 self.module.set_requires_gradient_sync(sync)
-            with (
-                contextlib.nullcontext() if sync or self.sharded else self.module.no_sync(),
-                self._autocast,
-            ):
-                loss, m = self.objective(self.module, batch, self.step)
-            value = float(loss.detach())  # one host sync per micro-batch
-            finite_loss &= math.isfinite(value)
-            self.scaling.scale_loss(
-                loss / cfg.grad_accum if cfg.grad_accum > 1 else loss
-            ).backward()
+            with self._compiling():
+                with (
+                    contextlib.nullcontext() if sync or self.sharded else self.module.no_sync(),
+                    self._autocast,
+                ):
+                    loss, m = self.objective(self.module, batch, self.step)
+                value = float(loss.detach())  # one host sync per micro-batch
+                finite_loss &= math.isfinite(value)
+                self.scaling.scale_loss(
+                    loss / cfg.grad_accum if cfg.grad_accum > 1 else loss
+                ).backward()
             total += value / cfg.grad_accum
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / cfg.grad_accum
@@ -625,6 +633,25 @@ class Trainer:
             if i < 8:  # a few scales for the log; all of them are in the checkpoint
                 metrics[f"grad_scale.{i}"] = s
         return (total if finite_loss else float("nan")), metrics, n_examples
+
+    @contextlib.contextmanager
+    def _compiling(self) -> Iterator[None]:
+        """With ``train.compile``: the first forward + backward compiles; a compiler failure
+        there is one line saying how to go on without it."""
+        if self._compile_checked:
+            yield
+            return
+        try:
+            yield
+        except TesseraError:
+            raise
+        except Exception as e:  # inductor / dynamo raise many kinds
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise CompileError(
+                f"train.compile: compiling the model failed ({type(e).__name__}: {first}); "
+                "train without it (train.compile=false)"
+            ) from e
+        self._compile_checked = True
 
     def _sample(self) -> None:
         if self.sample_hook is None:
