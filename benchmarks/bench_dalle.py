@@ -346,38 +346,54 @@ def params(model) -> dict:
 # ----------------------------------------------------------------------------------- tessera
 
 
-def measure_train(cfg, args: argparse.Namespace, mode: str) -> dict:
-    """mode: fp32 | bf16 | fp32_compiled | bf16_compiled (``model.compile()``, as the
-    trainer's ``train.compile``; the first warm-up step compiles)."""
+def train_step(model, text, image, precision: str, lr: float):
+    """The timed unit: forward (bf16 autocast on the batch's device when ``precision`` is
+    bf16) + backward + a fused ``AdamW(lr)`` step, as the trainer's optimizer
+    (tessera.training.optim.build_adamw) on plain tensors. Returns a function -> the loss."""
     import torch
 
-    precision, compiled = mode.split("_")[0], mode.endswith("_compiled")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=True)
+    device_type = text.device.type
+
+    def step():
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(text, image)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
+def train_setup(cfg, args: argparse.Namespace, precision: str, compiled: bool):
+    """(model, step) on the fixed random batch (``--batch``, seeds ``--seed`` / ``+ 1``);
+    compiled: ``model.compile()``, as the trainer's ``train.compile`` (the first step
+    compiles)."""
+    import torch
+
     model = build_model(cfg, args.seed).train()
     if compiled:
         model.compile(dynamic=False)
     g = torch.Generator().manual_seed(args.seed + 1)
     text = text_batch(cfg, args.batch, g)
     image = torch.randint(0, cfg.image_vocab, (args.batch, cfg.image_len), generator=g)
-    # fused, as the trainer's optimizer (tessera.training.optim.build_adamw) on plain tensors
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=True)
+    return model, train_step(model, text, image, precision, args.lr)
 
-    def step() -> float:
-        with precision_ctx(precision):
-            loss = model(text, image)[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
 
+def measure_train(cfg, args: argparse.Namespace, mode: str) -> dict:
+    """mode: fp32 | bf16 | fp32_compiled | bf16_compiled."""
+    precision, compiled = mode.split("_")[0], mode.endswith("_compiled")
+    model, step = train_setup(cfg, args, precision, compiled)
     t0 = time.perf_counter()
-    losses = [step()]
+    losses = [step().item()]
     first_s = time.perf_counter() - t0
-    losses += [step() for _ in range(args.warmup - 1)]
+    losses += [step().item() for _ in range(args.warmup - 1)]
     times = []
     with Contention() as c:
         for _ in range(args.steps):
             t = time.perf_counter()
-            losses.append(step())
+            losses.append(step().item())
             times.append(time.perf_counter() - t)
     med = statistics.median(times)
     flops = train_flops(model, cfg, args.batch)["total"]
@@ -529,21 +545,7 @@ def _profile(pcfg: dict, args: argparse.Namespace) -> dict:
 
     cfg = preset_config(pcfg, pcfg["variants"][0])
     compiled = not args.no_compile
-    model = build_model(cfg, args.seed).train()
-    if compiled:
-        model.compile(dynamic=False)
-    g = torch.Generator().manual_seed(args.seed + 1)
-    text = text_batch(cfg, args.batch, g)
-    image = torch.randint(0, cfg.image_vocab, (args.batch, cfg.image_len), generator=g)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, fused=True)
-
-    def step() -> None:
-        with precision_ctx("bf16"):
-            loss = model(text, image)[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    _, step = train_setup(cfg, args, "bf16", compiled)
     for _ in range(2):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as p:

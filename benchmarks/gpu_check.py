@@ -118,6 +118,7 @@ def check_flex(device: str, quick: bool) -> dict:
 def check_figures(device: str, quick: bool) -> dict:
     import torch
 
+    from bench_dalle import train_step  # the same timed unit as the CPU benchmark
     from tessera.config.dalle import DalleConfig
     from tessera.models.dalle import DALLE, prepare_text
     from tessera.sampling.sample import SamplingConfig, generate_image_tokens
@@ -140,16 +141,8 @@ def check_figures(device: str, quick: bool) -> dict:
         model = DALLE(cfg).to(dev).train()
         if compiled:
             model.compile(dynamic=False)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=True)
         t8, img = text(8), torch.randint(0, 8192, (8, cfg.image_len), generator=g).to(dev)
-
-        def step(model=model, opt=opt, t8=t8, img=img) -> None:
-            with torch.autocast(dev.type, dtype=torch.bfloat16):
-                loss = model(t8, img)[0]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
+        step = train_step(model, t8, img, "bf16", 3e-4)
         for _ in range(2):
             step()
         sync()

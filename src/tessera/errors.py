@@ -44,3 +44,9 @@ class TrainingDivergedError(TrainingError):
 class CompileError(TesseraError):
     """``torch.compile`` could not build a graph here (no C++ compiler, an unsupported Python
     or device); the eager path computes the same thing."""
+
+    @classmethod
+    def failed(cls, what: str, error: Exception, way_out: str) -> CompileError:
+        """One line: what failed, the compiler's first line, and how to go on without it."""
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        return cls(f"{what} failed ({type(error).__name__}: {first}); {way_out}")

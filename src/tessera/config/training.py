@@ -42,9 +42,10 @@ class TrainConfig(Config):
     deterministic: torch.use_deterministic_algorithms (needed for bit-exact resume).
     compile: ``torch.compile`` the model's forward (inductor; backward and the loss included):
       one-off compile time (about a minute for a d 256 x 8 transformer on 2 CPU cores), then
-      fused kernels for the norms, activations, casts, softmax and cross entropy (measured 1.2x
-      per bf16 step at d 256 x 8 on CPU). Eager is the default and the fallback; both compute
-      the same loss up to floating-point rounding (tested).
+      fused kernels for the norms, activations, casts, softmax and cross entropy (measured
+      1.2-1.4x per bf16 step at d 256-512 x 8 on 2 CPU cores, benchmarks/bench_dalle.py).
+      Eager is the default and the fallback; both compute the same loss up to floating-point
+      rounding (tested).
     """
 
     kind: ClassVar[str] = "train"

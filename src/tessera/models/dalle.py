@@ -283,7 +283,8 @@ class DALLE(nn.Module):
         # The whole stream (seq_len positions) goes through the blocks although the last
         # position predicts nothing: every mask is causal, so it changes no other position,
         # and an even length (320 rather than 319) lets the CPU kernels vectorise whole rows
-        # (measured ~8% of a bf16 step at d 256 x 8 layers).
+        # (compiled bf16 attention forward + backward, B 8, H 8, d_head 32: 31.2 -> 24.4 ms a
+        # layer on 2 cores).
         x = self.embed(text, image)  # (B, text_len + image_len, d)
         h = self.hidden(x)[:, :-1]
         n_text = cfg.text_len - 1

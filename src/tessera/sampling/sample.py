@@ -18,11 +18,10 @@ the eager run's tokens up to floating-point rounding of the logits.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
@@ -87,18 +86,6 @@ def _weights_key(model: DALLE) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
-@contextlib.contextmanager
-def _freezing() -> Iterator[None]:
-    """Compile-time settings of the decoding graph: inductor's ``freezing`` folds the weights
-    (and their casts and packing) into the graph. It is read from the global config at compile
-    time (torch.compile's ``options=`` does not reach it). The frozen graph holds one model's
-    weights, so its guards must tell step modules apart (:class:`_DecodeStep`'s serial)."""
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(freezing=True):
-        yield
-
-
 class _DecodeStep(torch.nn.Module):
     """The per-token work as a module, so inductor's freezing sees the weights as the module's
     constants (a closure over the model would pass them as graph inputs and cast them at every
@@ -144,16 +131,20 @@ def _first_step(
     cache: KVCache,
     biases: torch.Tensor,
 ) -> torch.Tensor:
-    """A batch's first compiled step: compiles (if needed) with freezing on and checks the
-    guards; a compiler failure is one line saying how to go on without it."""
+    """A batch's first compiled step: compiles (if needed) and checks the guards. Inductor's
+    ``freezing`` folds the weights (and their casts and packing) into the graph; it is read
+    from the global config at compile time (torch.compile's ``options=`` does not reach it).
+    A compiler failure is one line saying how to go on without it."""
+    import torch._inductor.config as inductor_config
+
     try:
-        with _freezing():
+        with inductor_config.patch(freezing=True):
             return step(token, index, u, cache.k, cache.v, biases)
     except Exception as e:  # inductor / dynamo raise many kinds; none is the user's data
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CompileError(
-            f"compiling the sampling step failed ({type(e).__name__}: {first}); "
-            "sample without compile (drop --compile / SamplingConfig.compile)"
+        raise CompileError.failed(
+            "compiling the sampling step",
+            e,
+            "sample without compile (drop --compile / SamplingConfig.compile)",
         ) from e
 
 

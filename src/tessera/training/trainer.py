@@ -646,10 +646,8 @@ class Trainer:
         except TesseraError:
             raise
         except Exception as e:  # inductor / dynamo raise many kinds
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise CompileError(
-                f"train.compile: compiling the model failed ({type(e).__name__}: {first}); "
-                "train without it (train.compile=false)"
+            raise CompileError.failed(
+                "train.compile: compiling the model", e, "train without it (train.compile=false)"
             ) from e
         self._compile_checked = True
 
