@@ -378,14 +378,11 @@ def test_hard_negative_batches_are_canonical_and_masked() -> None:
     ]
     tok = TextTokenizer.train([c for cs in caps for c in cs] * 20, TokenizerConfig(vocab_size=300))
     stream = iter([{"images": torch.zeros(3, 3, 8, 8), "captions": caps}] * 2)
-    batch = next(CaptionedImages(stream, tok, hard_negatives=4))
+    batch = next(CaptionedImages(stream, tok, seed=0, rank=0, hard_negatives=4))
     assert batch["negatives"].shape[0] == 12 and batch["negative_mask"].shape == (3, 4)
     assert batch["negative_mask"][:2].all() and not batch["negative_mask"][2].any()
     text = [tok.decode(row.tolist()) for row in batch["text"]]
     assert "round" not in text[0]  # the canonical caption is the positive
-    again = next(CaptionedImages(stream, tok, hard_negatives=4))
-
-    def texts(b: dict) -> list[str]:  # ids differ with BPE dropout; the texts may not
-        return [tok.decode(row.tolist()) for row in b["negatives"]]
-
-    assert texts(again) == texts(batch)  # a function of the example's captions
+    again = next(CaptionedImages(stream, tok, seed=0, rank=0, hard_negatives=4))
+    for k in batch:  # a function of the run seed, rank and batch index: the same draws
+        assert torch.equal(batch[k], again[k]), k

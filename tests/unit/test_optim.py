@@ -58,3 +58,45 @@ def test_multiplied_group_moves_faster() -> None:
     # Adam's first step moves every weight by ~lr.
     assert step["encoder.weight"] == pytest.approx(1e-2, rel=1e-3)
     assert step["decoder.0.weight"] == pytest.approx(3e-2, rel=1e-3)
+
+
+def test_fused_adamw_resumes_channels_last_weights_exactly(tmp_path) -> None:
+    """Moments saved contiguous and loaded beside channels-last weights: the fused kernel walks
+    flat memory, so they must get the weights' layout back (the kill -9 regression)."""
+    from safetensors.torch import load_file, save_file
+
+    from tessera.training import state
+
+    def build() -> tuple[nn.Module, torch.optim.Optimizer]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 3)).to(
+            memory_format=torch.channels_last
+        )
+        opt = build_adamw(model, lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
+        assert opt.defaults["fused"]
+        return model, opt
+
+    def steps(model: nn.Module, opt: torch.optim.Optimizer, seeds: range) -> None:
+        for s in seeds:
+            x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(s))
+            opt.zero_grad()
+            model(x.contiguous(memory_format=torch.channels_last)).square().mean().backward()
+            opt.step()
+
+    model, opt = build()
+    steps(model, opt, range(3))
+    tensors, meta = state.optimizer_tensors(opt)
+    save_file(tensors, str(tmp_path / "opt.safetensors"))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    steps(model, opt, range(3, 6))
+
+    again, opt2 = build()
+    with torch.no_grad():
+        for k, v in again.state_dict().items():
+            v.copy_(weights[k])
+    state.load_optimizer_tensors(opt2, load_file(str(tmp_path / "opt.safetensors")), meta)
+    for p in again.parameters():
+        assert opt2.state[p]["exp_avg"].stride() == p.stride()
+    steps(again, opt2, range(3, 6))
+    for a, b in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.equal(a, b)

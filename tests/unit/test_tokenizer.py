@@ -175,7 +175,7 @@ def test_batch_equals_one_by_one_encoding():
         assert (n, row[:n]) == (len(expected), expected), repr(text)
         assert tok.decode(tok.encode(text, truncate=False)) == tok.normalize(text), repr(text)
     # with dropout: other segmentations of the same text
-    train = tok.encode_batch(texts * 4, train=True)
+    train = tok.encode_batch(texts * 4, train=True, seed=1)
     assert train.truncated >= batch.truncated * 4
     texts_back = tok.decode_batch(train.ids)
     for text, back, n in zip(texts * 4, texts_back, train.lengths.tolist()):
@@ -275,7 +275,7 @@ def test_training_truncation_warns_once_then_counts(tok, caplog):
     long = " ".join(corpus(40))
     with caplog.at_level(logging.DEBUG, logger="tessera.text"):
         for _ in range(3):
-            tok.encode_batch([long], train=True)
+            tok.encode_batch([long], train=True, seed=0)
     levels = [r.levelno for r in caplog.records if r.name == "tessera.text"]
     assert levels == [logging.WARNING, logging.DEBUG, logging.DEBUG]
     assert tok.stats.truncated == 3 and tok.stats.batches == 3
@@ -285,7 +285,7 @@ def test_training_truncation_warns_once_then_counts(tok, caplog):
 def test_no_dropout_at_inference(tok):
     text = "a small red circle in the top left corner"
     reference = tok.encode(text)
-    tok.encode_batch([text] * 100, train=True)  # training batches in between change nothing
+    tok.encode_batch([text] * 100, train=True, seed=0)  # training batches in between change nothing
     assert all(tok.encode(text) == reference for _ in range(1000))
     batch = tok.encode_batch([text] * 1000)
     assert (batch.ids == batch.ids[0]).all()
@@ -295,7 +295,7 @@ def test_no_dropout_at_inference(tok):
 def test_dropout_changes_segmentation_in_training_only(tok):
     tok = TextTokenizer(tok.hf_tokenizer, CONFIG.replace(max_length=64))  # room for dropout
     texts = corpus(20, seed=5)
-    batch = tok.encode_batch(texts * 50, train=True)
+    batch = tok.encode_batch(texts * 50, train=True, seed=0)
     rows = [tuple(r) for r in batch.ids.tolist()]
     distinct = {t: {rows[i] for i in range(len(rows)) if i % 20 == j} for j, t in enumerate(texts)}
     assert all(len(d) > 1 for d in distinct.values())  # every caption got several segmentations
@@ -313,7 +313,7 @@ def test_inference_is_unaffected_by_concurrent_training_batches(tok):
     reference = tok.encode_batch(texts).ids
 
     def work(i):
-        batch = tok.encode_batch(texts, train=i % 2 == 1)
+        batch = tok.encode_batch(texts, train=i % 2 == 1, seed=i)
         return i % 2 == 1 or torch.equal(batch.ids, reference)
 
     with ThreadPoolExecutor(4) as pool:
@@ -324,6 +324,29 @@ def test_zero_dropout_config_makes_training_deterministic(tok):
     tok0 = TextTokenizer(tok.hf_tokenizer, CONFIG.replace(dropout=0.0))
     texts = corpus(50)
     assert torch.equal(tok0.encode_batch(texts, train=True).ids, tok0.encode_batch(texts).ids)
+
+
+def test_dropout_is_a_function_of_the_seed(tok):
+    # the draws come from the caller's seed, never from the library's unseedable RNG
+    tok = TextTokenizer(tok.hf_tokenizer, CONFIG.replace(max_length=64))
+    texts = corpus(40, seed=3)
+    a = tok.encode_batch(texts, train=True, seed=11).ids
+    assert torch.equal(a, tok.encode_batch(texts, train=True, seed=11).ids)
+    assert not torch.equal(a, tok.encode_batch(texts, train=True, seed=12).ids)
+    with pytest.raises(TokenizerError, match="needs a seed"):
+        tok.encode_batch(texts, train=True)
+
+
+def test_seeded_bpe_without_dropout_is_the_library_bpe(tok):
+    from tessera.text.tokenizer import _SeededBPEDropout
+
+    bpe = _SeededBPEDropout(tok.hf_tokenizer.to_str())
+    pre = tok.hf_tokenizer.pre_tokenizer
+    rng = random.Random(0)
+    for text in corpus(200, seed=9) + [random_text(rng) for _ in range(200)]:
+        words = pre.pre_tokenize_str(tok.normalize(text))
+        ids = [i for w, _ in words for i in bpe.ids(w, 0.0, rng)]
+        assert ids == tok.encode(text, truncate=False), repr(text)
 
 
 # -- training, files, config -------------------------------------------------------------------

@@ -26,6 +26,9 @@ class TrainConfig(Config):
     grad_clip: max global gradient norm (paper: 4); 0 disables clipping.
     ema_decay / ema_every: EMA of weights (dVAE 0.999 every update; transformer 0.99 every 25);
       ema_decay 0 disables it.
+    ema_warmup: the n-th EMA update uses ``min(ema_decay, (1 + n) / (10 + n))`` so that early
+      EMA weights hold no trace of the random initialisation (with a fixed decay a share
+      ``decay**n`` of it stays: 47% after 751 updates at 0.999); False: the fixed decay.
     precision: fp32 | bf16 (autocast, CPU or CUDA) | fp16 (CUDA autocast with loss scaling).
     per_resblock_scaling: with fp16, one dynamic gradient scale per residual block (App. D).
     activation_checkpointing: recompute blocks in backward (models that support it).
@@ -65,6 +68,7 @@ class TrainConfig(Config):
     grad_clip: float = 4.0
     ema_decay: float = 0.0
     ema_every: int = 1
+    ema_warmup: bool = True
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     per_resblock_scaling: bool = False
     activation_checkpointing: bool = False

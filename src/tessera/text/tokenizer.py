@@ -36,6 +36,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -154,14 +155,10 @@ class TextTokenizer:
         # Inference: no dropout, no truncation, no padding; specials in text stay text.
         self._plain = _variant(self._json, dropout=None, joined=False)
         self._joined = _variant(self._json, dropout=None, joined=True)
-        if self.config.dropout > 0.0:
-            # Separate objects for training so that inference never sees dropout, even while
-            # another thread encodes a training batch. HF BPE skips its word cache whenever
-            # dropout is set, so every occurrence of a word is re-segmented (tested).
-            self._plain_drop = _variant(self._json, dropout=self.config.dropout, joined=False)
-            self._joined_drop = _variant(self._json, dropout=self.config.dropout, joined=True)
-        else:
-            self._plain_drop, self._joined_drop = self._plain, self._joined
+        # BPE dropout is applied here, from a seed the caller passes, because the draws of the
+        # library's own dropout come from an RNG that cannot be seeded (a resumed or repeated
+        # run would segment its captions differently).
+        self._dropout = _SeededBPEDropout(self._json) if self.config.dropout > 0.0 else None
         self._sep_id = self._joined.token_to_id(_SEP)
         self._normalizer = self._plain.normalizer
         self._lock = threading.Lock()
@@ -308,13 +305,18 @@ class TextTokenizer:
         return [self._plain.id_to_token(i) or "" for i in self._checked_ids(ids)]
 
     def encode_batch(
-        self, texts: Sequence[str], *, train: bool = False, add_eos: bool = False
+        self,
+        texts: Sequence[str],
+        *,
+        train: bool = False,
+        add_eos: bool = False,
+        seed: int | None = None,
     ) -> EncodedBatch:
         """Encode and pad a batch of captions to ``(B, max_length)``.
 
-        train: apply BPE dropout (``config.dropout``) — for training batches only. The
-          dropout draws come from the ``tokenizers`` library's own RNG, which cannot be
-          seeded: training segmentations differ from run to run (inference never varies).
+        train: apply BPE dropout (``config.dropout``) — for training batches only, drawn from
+          ``seed`` (required then): the same texts and seed give the same segmentation, so a
+          resumed or repeated run sees the same ids (inference never varies).
         add_eos: end every caption with ``<eos>`` (the CLIP text encoder pools there); the
           ``<eos>`` is kept when truncating, so at most ``max_length - 1`` caption tokens.
         Captions longer than fit are truncated at the end; the counts are returned, added to
@@ -326,7 +328,12 @@ class TextTokenizer:
         if n == 0:
             empty = torch.zeros((0, length), dtype=torch.int64)
             return EncodedBatch(empty, torch.zeros((0,), dtype=torch.int64))
-        flat, counts = self._encode_flat(texts, train=train)
+        if train and self._dropout is not None:
+            if seed is None:
+                raise TokenizerError("BPE dropout in training needs a seed (encode_batch seed=)")
+            flat, counts = self._encode_dropout(texts, seed)
+        else:
+            flat, counts = self._encode_flat(texts)
 
         room = length - 1 if add_eos else length  # caption tokens that fit
         kept = np.minimum(counts, room)
@@ -349,27 +356,45 @@ class TextTokenizer:
         self._account(n, truncated, dropped, int(counts.max()), limit, train)
         return EncodedBatch(torch.from_numpy(out), torch.from_numpy(kept), truncated, dropped)
 
-    def _encode_flat(self, texts: Sequence[str], *, train: bool) -> tuple[np.ndarray, np.ndarray]:
-        """All ids of all captions, concatenated ``(sum(counts),)``, and per-caption counts."""
+    def _normalized(self, texts: Sequence[str]) -> list[str]:
         try:
-            normed = [
+            return [
                 t.lower().strip(_ASCII_WS) if t.isascii() else self._normalizer.normalize_str(t)
                 for t in texts
             ]
         except (AttributeError, TypeError):
             bad = next(t for t in texts if not isinstance(t, str))
             raise TokenizerError(f"can only encode str, got {type(bad).__name__}") from None
+
+    def _encode_dropout(self, texts: Sequence[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_encode_flat` with seeded BPE dropout (see :class:`_SeededBPEDropout`)."""
+        assert self._dropout is not None
+        rng = random.Random(seed)
+        pre = self._plain.pre_tokenizer
+        rows = [
+            [
+                i
+                for word, _ in pre.pre_tokenize_str(t)
+                for i in self._dropout.ids(word, self.config.dropout, rng)
+            ]
+            for t in self._normalized(texts)
+        ]
+        counts = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64)
+        return flat, counts
+
+    def _encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """All ids of all captions, concatenated ``(sum(counts),)``, and per-caption counts."""
+        normed = self._normalized(texts)
         joined = [_SEP.join(normed[i : i + _CHUNK]) + _SEP for i in range(0, len(normed), _CHUNK)]
-        encoder = self._joined_drop if train else self._joined
-        encodings = encoder.encode_batch_fast(joined)
+        encodings = self._joined.encode_batch_fast(joined)
         flat = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
         is_sep = flat == self._sep_id
         ends = np.flatnonzero(is_sep)
         if ends.size == len(texts):
             return flat[~is_sep], np.diff(ends, prepend=-1) - 1
         # Some caption contains the separator text: encode the captions one by one.
-        encoder = self._plain_drop if train else self._plain
-        encodings = encoder.encode_batch_fast(list(texts))
+        encodings = self._plain.encode_batch_fast(list(texts))
         counts = np.fromiter((len(e) for e in encodings), dtype=np.int64, count=len(texts))
         flat = np.fromiter(
             itertools.chain.from_iterable(e.ids for e in encodings),
@@ -438,6 +463,36 @@ class TextTokenizer:
 
 
 # -- helpers -----------------------------------------------------------------------------------
+class _SeededBPEDropout:
+    """BPE with dropout (Provilkov et al., 2020) over the saved vocabulary and merges, drawing
+    from a caller's ``random.Random``: at every merge step each applicable merge is dropped
+    with probability ``p`` and the best-ranked survivor (leftmost among equals) is applied;
+    segmentation stops when none survives. With ``p = 0`` this is exactly the library's BPE
+    (tested on a corpus), so the dropout is the only difference between training and
+    inference segmentations."""
+
+    def __init__(self, json_text: str) -> None:
+        model = json.loads(json_text)["model"]
+        self.vocab: dict[str, int] = model["vocab"]
+        merges = [
+            tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]
+        ]
+        self.rank: dict[tuple[str, str], int] = {m: r for r, m in enumerate(merges)}
+
+    def ids(self, word: str, p: float, rng: random.Random) -> list[int]:
+        parts = list(word)  # byte-level characters, each in the vocabulary
+        while len(parts) > 1:
+            best, at = None, -1
+            for i in range(len(parts) - 1):
+                r = self.rank.get((parts[i], parts[i + 1]))
+                if r is not None and rng.random() >= p and (best is None or r < best):
+                    best, at = r, i
+            if best is None:
+                break
+            parts[at : at + 2] = [parts[at] + parts[at + 1]]
+        return [self.vocab[t] for t in parts]
+
+
 def _variant(json_text: str, *, dropout: float | None, joined: bool) -> Tokenizer:
     data = json.loads(json_text)
     data["model"]["dropout"] = dropout

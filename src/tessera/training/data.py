@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import zlib
+import hashlib
+import random
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
@@ -150,12 +151,53 @@ def source_image_batches(
     return EpochBatches(epoch)
 
 
-def pick_caption(captions: Any) -> str:
-    """One caption of an example: a string as is; of a list, one chosen by a hash of the list
-    (deterministic, so resumed runs see the same captions)."""
+def pick_caption(captions: Any, rng: random.Random) -> str:
+    """One caption of an example: a string as is; of a list, one drawn from ``rng`` (a
+    batch's own generator, see :class:`DrawnBatches`), so every caption of an image is
+    seen over the epochs and a resumed run draws the same ones."""
     if isinstance(captions, str):
         return captions
     captions = list(captions)
     if not captions:
         return ""
-    return captions[zlib.crc32("\x00".join(captions).encode()) % len(captions)]
+    return captions[rng.randrange(len(captions))]
+
+
+def draw_seed(seed: int, rank: int, index: int, stream: str = "") -> int:
+    """The seed of one batch's random draws: a 63-bit hash of (run seed, rank, the batch's
+    index on that rank, a stream name). Under ``grad_accum`` every micro-batch is its own
+    batch, so (step, micro-batch) map one to one onto indices; ranks never share a seed."""
+    key = f"{seed}/{rank}/{index}/{stream}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+class DrawnBatches:
+    """Base of a stage's batch stream: wraps an image-caption stream and hands each batch the
+    seed of its own random draws (:func:`draw_seed`), so that caption choice, BPE dropout,
+    noise levels, noise, crops and guidance drops differ across ranks and micro-batches and a
+    resumed run draws exactly the same ones. Subclasses implement :meth:`make`; the batch
+    index is part of the saved data position."""
+
+    def __init__(self, inner: BatchStream, *, seed: int, rank: int) -> None:
+        self.inner, self.seed, self.rank, self.index = inner, seed, rank, 0
+
+    def __iter__(self) -> DrawnBatches:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.inner)
+        key = draw_seed(self.seed, self.rank, self.index)
+        self.index += 1
+        return self.make(batch, key)
+
+    def make(self, batch: dict[str, Any], seed: int) -> Any:
+        """The stage's batch from the source's ``batch``; ``seed`` seeds all its draws."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, int]:
+        return {**self.inner.state_dict(), "drawn": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        state = dict(state)
+        self.index = int(state.pop("drawn", 0))
+        self.inner.load_state_dict(state)

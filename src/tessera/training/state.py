@@ -99,6 +99,22 @@ def load_optimizer_tensors(
     for g in meta["param_groups"]:
         groups.append({k: (tuple(v) if k == "betas" else v) for k, v in g.items()})
     opt.load_state_dict({"state": state, "param_groups": groups})
+    _match_param_layouts(opt)
+
+
+def _match_param_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor its parameter's memory layout.
+
+    Saved moments are contiguous (safetensors), but a channels-last parameter's moments were
+    channels-last when created (``zeros_like``). The fused AdamW kernel walks parameter,
+    gradient and moments as flat memory, so a contiguous moment beside a channels-last
+    parameter pairs the wrong elements: resume stopped being bit-identical (and the moments
+    of 3x3 convolutions were scrambled) once the fused kernel was adopted.
+    """
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
 # -- save / find / load ----------------------------------------------------------------------

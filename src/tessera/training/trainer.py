@@ -161,7 +161,12 @@ class Trainer:
             lr_mult=config.lr_multipliers(),
         )
         self.ema = (
-            EMA(self.model, decay=config.ema_decay, every=config.ema_every)
+            EMA(
+                self.model,
+                decay=config.ema_decay,
+                every=config.ema_every,
+                warmup=config.ema_warmup,
+            )
             if (config.ema_decay > 0)
             else None
         )
@@ -266,6 +271,7 @@ class Trainer:
             if "ema" not in t:
                 raise CheckpointError(f"{path} has no ema.safetensors but EMA is enabled")
             self.ema.load_state_dict(t["ema"])
+            self.ema.updates = _ema_updates(meta, self.ema)
         self.scaling.load_state_dict(meta["grad_scaling"])
         self.batches.load_state_dict(meta["data"][self.ctx.rank])
         extra = t["extra"]
@@ -345,6 +351,7 @@ class Trainer:
         )
         if self.ema is not None:
             self.ema.load_state_dict(app["ema"])
+            self.ema.updates = _ema_updates(meta, self.ema)
         self.scaling.load_state_dict(meta["grad_scaling"])
         src = self.ctx.rank if self.ctx.rank < saved_world else 0
         self.batches.load_state_dict(meta["data"][src])
@@ -384,6 +391,7 @@ class Trainer:
             "grad_scaling": self.scaling.state_dict(),
             "skipped_steps": self.skipped,
             "consecutive_skips": self.consecutive_skips,
+            "ema_updates": None if self.ema is None else self.ema.updates,
             "world_size": self.ctx.world_size,
             "train_config": self.cfg.to_dict(),
             "model_config": None if self.model_config is None else self.model_config.to_dict(),
@@ -416,6 +424,7 @@ class Trainer:
             "grad_scaling": self.scaling.state_dict(),
             "skipped_steps": self.skipped,
             "consecutive_skips": self.consecutive_skips,
+            "ema_updates": None if self.ema is None else self.ema.updates,
             "world_size": self.ctx.world_size,
             "has_ema": self.ema is not None,
             "train_config": self.cfg.to_dict(),
@@ -730,6 +739,12 @@ def _batch_len(batch: Any, default: int) -> int:
         first = batch[0]
         return first.shape[0] if isinstance(first, torch.Tensor) else len(batch)
     return default
+
+
+def _ema_updates(meta: dict[str, Any], ema: EMA) -> int:
+    """The EMA's update count at a checkpoint (older checkpoints: one per ``every`` steps)."""
+    n = meta.get("ema_updates")
+    return int(n) if n is not None else int(meta["step"]) // ema.every
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

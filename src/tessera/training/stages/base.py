@@ -49,6 +49,8 @@ class Stage:
       the trainer copies it (e.g. the AR prior fits its PCA codebook from data); it must be
       deterministic, since a resumed run prepares again before loading its checkpoint.
     needs: DataSpec fields the stage requires (e.g. ``("vae", "tokenizer")``).
+    fit_inputs: (model config, data, names the user set) -> the model config fitted to the
+      frozen inputs (e.g. the CLIP's embedding width), leaving the user's settings alone.
     """
 
     name: str
@@ -61,6 +63,7 @@ class Stage:
     export: Callable[[nn.Module, Any, Path, DataSpec], Path] | None = None
     prepare: Callable[[nn.Module, Any, DataSpec], None] | None = None
     needs: tuple[str, ...] = ()
+    fit_inputs: Callable[[Any, DataSpec, set[str]], Any] | None = None
 
 
 def stage_presets(kind: str) -> dict[str, Callable[[], tuple[Config, TrainConfig]]]:

@@ -10,7 +10,7 @@ every rank are gathered before the loss, so each image's negatives are the whole
 from __future__ import annotations
 
 import json
-import zlib
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,19 +28,19 @@ from tessera.models.clip import (
     clip_loss_with_negatives,
     gather_features,
 )
-from tessera.training.data import BatchStream, pick_caption, source_image_batches
+from tessera.training.data import BatchStream, DrawnBatches, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
 from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
 
 
-class CaptionedImages:
+class CaptionedImages(DrawnBatches):
     """Wraps an image-caption batch stream: one caption per image -> ``<eos>``-ended ids.
 
     Yields ``{"images": (B, 3, S, S) in [0, 1], "text": (B, max_length) int64}``; with
     ``hard_negatives = M > 0`` the caption is one of the example's canonical ones (when it
     has any) and ``"negatives"`` (B * M, max_length) / ``"negative_mask"`` (B, M) hold up to M
-    captions contradicting it in one claim. Every choice is a function of the example's
-    captions, so a resumed run sees the same batches; resumable through the wrapped stream.
+    captions contradicting it in one claim. Every choice is drawn from the batch's own seed
+    (:class:`~tessera.training.data.DrawnBatches`), so a resumed run sees the same batches.
     """
 
     def __init__(
@@ -48,31 +48,31 @@ class CaptionedImages:
         inner: BatchStream,
         tokenizer: Any,
         *,
+        seed: int,
+        rank: int,
         hard_negatives: int = 0,
         exclude_pairs: tuple[str, ...] = (),
     ) -> None:
-        self.inner, self.tokenizer = inner, tokenizer
+        super().__init__(inner, seed=seed, rank=rank)
+        self.tokenizer = tokenizer
         self.hard_negatives, self.exclude_pairs = hard_negatives, exclude_pairs
 
-    def __iter__(self) -> CaptionedImages:
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        batch = next(self.inner)
+    def make(self, batch: dict[str, Any], seed: int) -> dict[str, Any]:
+        rng = random.Random(seed)
         if self.hard_negatives <= 0:
-            captions = [pick_caption(c) for c in batch["captions"]]
-            enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True)
+            captions = [pick_caption(c, rng) for c in batch["captions"]]
+            enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True, seed=seed)
             return {"images": batch["images"], "text": enc.ids}
         captions, negatives = [], []
         for caps in batch["captions"]:
-            caption, negs = self._with_negatives(caps)
+            caption, negs = self._with_negatives(caps, rng)
             captions.append(caption)
             negatives.append(negs)
         m = self.hard_negatives
         mask = torch.tensor([[j < len(n) for j in range(m)] for n in negatives])
         flat = [n[j] if j < len(n) else "" for n in negatives for j in range(m)]
-        enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True)
-        neg = self.tokenizer.encode_batch(flat, train=True, add_eos=True)
+        enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True, seed=seed)
+        neg = self.tokenizer.encode_batch(flat, train=True, add_eos=True, seed=seed + 1)
         return {
             "images": batch["images"],
             "text": enc.ids,
@@ -80,7 +80,7 @@ class CaptionedImages:
             "negative_mask": mask,
         }
 
-    def _with_negatives(self, captions: Any) -> tuple[str, list[str]]:
+    def _with_negatives(self, captions: Any, rng: random.Random) -> tuple[str, list[str]]:
         import numpy as np
 
         from tessera.data.shapes import parse_prompt
@@ -95,16 +95,14 @@ class CaptionedImages:
             except DataError:
                 continue
             canonical.append(c)
-        caption = pick_caption(canonical or caps)
-        rng = np.random.default_rng(zlib.crc32("\x00".join(caps).encode()))
-        negs = hard_negatives(caption, self.hard_negatives, rng, exclude_pairs=self.exclude_pairs)
+        caption = pick_caption(canonical or caps, rng)
+        negs = hard_negatives(
+            caption,
+            self.hard_negatives,
+            np.random.default_rng(rng.getrandbits(64)),
+            exclude_pairs=self.exclude_pairs,
+        )
         return caption, negs
-
-    def state_dict(self) -> dict[str, int]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.inner.load_state_dict(state)
 
 
 def load_tokenizer(cfg: CLIPConfig, data: DataSpec) -> Any:
@@ -131,7 +129,12 @@ def make_batches(
         num_workers=train.num_workers,
     )
     return CaptionedImages(
-        inner, tok, hard_negatives=cfg.hard_negatives, exclude_pairs=_held_out(data)
+        inner,
+        tok,
+        seed=train.seed,
+        rank=ctx.rank,
+        hard_negatives=cfg.hard_negatives,
+        exclude_pairs=_held_out(data),
     )
 
 
@@ -191,7 +194,7 @@ def heldout_pairs(cfg: CLIPConfig, tokenizer: Any, n: int = 256) -> dict[str, to
     inner = shapes_image_batches(
         split="eval", image_size=cfg.image_size, batch_size=n, seed=0, rank=0, world_size=1
     )
-    return next(CaptionedImages(inner, tokenizer))
+    return next(CaptionedImages(inner, tokenizer, seed=0, rank=0))
 
 
 def make_sample_hook(cfg: CLIPConfig, data: DataSpec) -> Callable[[nn.Module, int, Path], None]:

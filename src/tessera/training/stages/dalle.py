@@ -10,6 +10,7 @@ classifier-free guidance needs.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,43 +24,44 @@ from tessera.errors import ConfigError
 from tessera.models.dalle import DALLE, empty_text, prepare_text, warn_truncated
 from tessera.nn.rng import generator_for
 from tessera.pipelines.dalle import DallePipeline, check_compatible, export_checkpoint
-from tessera.training.data import BatchStream, pick_caption, source_image_batches
+from tessera.training.data import BatchStream, DrawnBatches, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
 from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
 
 
-class TokenBatches:
+class TokenBatches(DrawnBatches):
     """Wraps an image-caption batch stream: images -> dVAE tokens, captions -> text streams.
 
-    Yields ``{"text": (B, text_len), "image": (B, grid**2)}``; resumable through the wrapped
-    stream's state.
+    Yields ``{"text": (B, text_len), "image": (B, grid**2), "seed": int}``; resumable through
+    the wrapped stream's state.
     """
 
-    def __init__(self, inner: BatchStream, vae: nn.Module, tokenizer: Any, cfg: DalleConfig):
-        self.inner, self.vae, self.tokenizer, self.cfg = inner, vae, tokenizer, cfg
+    def __init__(
+        self,
+        inner: BatchStream,
+        vae: nn.Module,
+        tokenizer: Any,
+        cfg: DalleConfig,
+        *,
+        seed: int,
+        rank: int,
+    ) -> None:
+        super().__init__(inner, seed=seed, rank=rank)
+        self.vae, self.tokenizer, self.cfg = vae, tokenizer, cfg
         self.truncated = 0  # captions cut to text_len - 1 tokens so far (first batch warns)
         self._warned = False
 
-    def __iter__(self) -> TokenBatches:
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        batch = next(self.inner)
-        captions = [pick_caption(c) for c in batch["captions"]]
-        enc = self.tokenizer.encode_batch(captions, train=True)
+    def make(self, batch: dict[str, Any], seed: int) -> dict[str, Any]:
+        rng = random.Random(seed)
+        captions = [pick_caption(c, rng) for c in batch["captions"]]
+        enc = self.tokenizer.encode_batch(captions, train=True, seed=seed)
         self.truncated += int((enc.lengths > self.cfg.text_len - 1).sum())
         if self.truncated and not self._warned:  # BPE dropout lengthens captions
             self._warned = bool(warn_truncated(enc.lengths, self.cfg, what="training caption"))
         text = prepare_text(enc.ids, enc.lengths, self.cfg)
         with torch.no_grad():
             image = self.vae.encode(batch["images"]).flatten(1)  # (B, grid**2)
-        return {"text": text, "image": image}
-
-    def state_dict(self) -> dict[str, int]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.inner.load_state_dict(state)
+        return {"text": text, "image": image, "seed": seed}
 
 
 def load_frozen(cfg: DalleConfig, data: DataSpec) -> tuple[nn.Module, Any]:
@@ -90,14 +92,14 @@ def make_batches(
         world_size=ctx.world_size,
         num_workers=train.num_workers,
     )
-    return TokenBatches(inner, vae, tok, cfg)
+    return TokenBatches(inner, vae, tok, cfg, seed=train.seed, rank=ctx.rank)
 
 
 def make_objective(cfg: DalleConfig) -> Objective:
     def objective(model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         text, image = batch["text"], batch["image"]
         if cfg.caption_dropout > 0:
-            g = generator_for(text.device, step)  # the batch's device (the CPU loader's)
+            g = generator_for(text.device, batch["seed"])  # the batch's device (the loader's)
             drop = torch.rand(text.shape[0], generator=g, device=text.device) < cfg.caption_dropout
             if drop.any():
                 text = torch.where(drop[:, None], empty_text(text.shape[0], cfg, text.device), text)

@@ -3,13 +3,16 @@ the diffusion loss of the decoder UNet.
 
 Each image is embedded by a frozen CLIP (``--clip``, by default the shipped shapes CLIP) at
 the CLIP's own resolution; one of its captions is BPE-encoded with dropout, as CLIP's are.
-The noise level, the noise and the guidance drops of update ``step`` come from a generator
-seeded with ``(seed, step)`` on the model's device, so a resumed run draws the same ones.
+The caption choice, its BPE dropout, the noise level, the noise and the guidance drops of a
+batch come from the batch's own seed (run seed, rank, batch index: see
+:class:`~tessera.training.data.DrawnBatches`), so ranks and micro-batches draw differently and
+a resumed run draws the same ones.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +24,9 @@ from tessera.config.decoder import DecoderConfig
 from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
 from tessera.models.decoder import Decoder
+from tessera.nn.rng import generator_for
 from tessera.sampling.unclip import embed_images
-from tessera.training.data import BatchStream, pick_caption, source_image_batches
+from tessera.training.data import BatchStream, DrawnBatches, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
 from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
 
@@ -36,6 +40,24 @@ def default_components(data: DataSpec) -> tuple[str, str]:
         data.clip or str(base / "clip"),
         data.tokenizer or str(base / "tokenizer"),
     )
+
+
+def fit_to_inputs(cfg: Any, data: DataSpec, explicit: set[str]) -> Any:
+    """``cfg`` with its interface to the frozen CLIP and tokenizer (``clip_dim``,
+    ``vocab_size``, ``text_length``) taken from them, except fields the user set: so a stage's
+    preset runs with its default inputs (the shipped CLIP) as with any other CLIP."""
+    from tessera.checkpoint import load
+
+    clip_dir, tok_dir = default_components(data)
+    clip = load(clip_dir, kind="clip")
+    tok = load(tok_dir, kind="tokenizer")
+    wanted = {
+        "clip_dim": clip.config.embed_dim,
+        "vocab_size": max(cfg.vocab_size, tok.vocab_size),
+        "text_length": max(cfg.text_length, tok.max_length),
+    }
+    changes = {k: v for k, v in wanted.items() if k not in explicit and getattr(cfg, k) != v}
+    return cfg.replace(**changes) if changes else cfg
 
 
 def load_frozen(cfg: DecoderConfig, data: DataSpec) -> tuple[Any, Any]:
@@ -61,31 +83,24 @@ def check_compatible(cfg: DecoderConfig, clip: Any, tok: Any) -> None:
         )
 
 
-class DecoderBatches:
-    """``{"images": (B, 3, S, S) in [0, 1], "text": (B, L) ids, "clip_emb": (B, D)}``;
-    resumable through the wrapped image stream."""
+class DecoderBatches(DrawnBatches):
+    """``{"images": (B, 3, S, S) in [0, 1], "text": (B, L) ids, "clip_emb": (B, D),
+    "seed": int}``; resumable through the wrapped image stream."""
 
-    def __init__(self, inner: BatchStream, clip: Any, tokenizer: Any) -> None:
-        self.inner, self.clip, self.tokenizer = inner, clip, tokenizer
+    def __init__(self, inner: BatchStream, clip: Any, tokenizer: Any, *, seed: int, rank: int):
+        super().__init__(inner, seed=seed, rank=rank)
+        self.clip, self.tokenizer = clip, tokenizer
 
-    def __iter__(self) -> DecoderBatches:
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        batch = next(self.inner)
-        captions = [pick_caption(c) for c in batch["captions"]]
-        enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True)
+    def make(self, batch: dict[str, Any], seed: int) -> dict[str, Any]:
+        rng = random.Random(seed)
+        captions = [pick_caption(c, rng) for c in batch["captions"]]
+        enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True, seed=seed)
         return {
             "images": batch["images"],
             "text": enc.ids,
             "clip_emb": embed_images(self.clip, batch["images"]),
+            "seed": seed,
         }
-
-    def state_dict(self) -> dict[str, int]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.inner.load_state_dict(state)
 
 
 def make_batches(
@@ -101,7 +116,7 @@ def make_batches(
         world_size=ctx.world_size,
         num_workers=train.num_workers,
     )
-    return DecoderBatches(inner, clip, tok)
+    return DecoderBatches(inner, clip, tok, seed=train.seed, rank=ctx.rank)
 
 
 def make_objective(cfg: DecoderConfig) -> Objective:
@@ -113,7 +128,7 @@ def make_objective(cfg: DecoderConfig) -> Objective:
         device = next(model.parameters()).device
         x0 = batch["images"].to(device).float() * 2 - 1  # the diffusion's [-1, 1]
         b = x0.shape[0]
-        g = torch.Generator(device=device).manual_seed(step)
+        g = generator_for(device, batch["seed"])
         t = torch.randint(0, schedule.num_steps, (b,), generator=g, device=device)
         noise = torch.randn(x0.shape, generator=g, device=device)
         drop_clip = torch.rand(b, generator=g, device=device) < cfg.clip_dropout
@@ -204,4 +219,5 @@ STAGE = Stage(
     make_batches=make_batches,
     sample_hook=make_sample_hook,
     export=export,
+    fit_inputs=fit_to_inputs,
 )

@@ -3,9 +3,9 @@ images -> (CLIP image embedding z_i, caption ids, CLIP text embedding z_t) -> th
 
 Each image is embedded by a frozen CLIP (``--clip``, by default the shipped shapes CLIP) at
 the CLIP's own resolution; one of its captions is BPE-encoded with dropout (as CLIP's are)
-and embedded by the same CLIP as z_t. The noise level, the noise and the guidance drops of
-update ``step`` come from a generator seeded with ``step`` on the model's device, so a
-resumed run draws the same ones.
+and embedded by the same CLIP as z_t. The caption choice, its dropout, the noise level, the
+noise and the guidance drops of a batch come from its own seed (run seed, rank, batch index:
+:class:`~tessera.training.data.DrawnBatches`), so a resumed run draws the same ones.
 
 The AR prior's PCA and buckets are fitted once, before training starts, on the first
 ``pca_images`` training images (deterministic, so a resumed run refits the same values,
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,12 @@ from tessera.config.prior import ARPriorConfig, PriorConfig
 from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
 from tessera.models.prior import ARPrior, DiffusionPrior
+from tessera.nn.rng import generator_for
 from tessera.sampling.unclip import embed_images
-from tessera.training.data import BatchStream, pick_caption, source_image_batches
+from tessera.training.data import BatchStream, DrawnBatches, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
 from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
-from tessera.training.stages.decoder import default_components
+from tessera.training.stages.decoder import default_components, fit_to_inputs
 
 log = logging.getLogger("tessera.train")
 
@@ -77,31 +79,33 @@ def embed_texts(clip: Any, ids: torch.Tensor) -> torch.Tensor:
         return clip.encode_text(ids.to(device)).float()
 
 
-class PriorBatches:
-    """``{"text": (B, L) ids, "z_i": (B, D), "z_t": (B, D)}``; resumable through the
-    wrapped image stream."""
+class PriorBatches(DrawnBatches):
+    """``{"text": (B, L) ids, "z_i": (B, D), "z_t": (B, D), "seed": int}``; resumable
+    through the wrapped image stream. ``train=False``: no BPE dropout."""
 
-    def __init__(self, inner: BatchStream, clip: Any, tokenizer: Any, train: bool = True):
-        self.inner, self.clip, self.tokenizer, self.train = inner, clip, tokenizer, train
+    def __init__(
+        self,
+        inner: BatchStream,
+        clip: Any,
+        tokenizer: Any,
+        *,
+        seed: int,
+        rank: int,
+        train: bool = True,
+    ) -> None:
+        super().__init__(inner, seed=seed, rank=rank)
+        self.clip, self.tokenizer, self.train = clip, tokenizer, train
 
-    def __iter__(self) -> PriorBatches:
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        batch = next(self.inner)
-        captions = [pick_caption(c) for c in batch["captions"]]
-        ids = self.tokenizer.encode_batch(captions, train=self.train, add_eos=True).ids
+    def make(self, batch: dict[str, Any], seed: int) -> dict[str, Any]:
+        rng = random.Random(seed)
+        captions = [pick_caption(c, rng) for c in batch["captions"]]
+        ids = self.tokenizer.encode_batch(captions, train=self.train, add_eos=True, seed=seed).ids
         return {
             "text": ids,
             "z_i": embed_images(self.clip, batch["images"]),
             "z_t": embed_texts(self.clip, ids),
+            "seed": seed,
         }
-
-    def state_dict(self) -> dict[str, int]:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.inner.load_state_dict(state)
 
 
 def _image_stream(
@@ -123,7 +127,7 @@ def make_batches(
 ) -> BatchStream:
     clip, tok = load_frozen(cfg, data)
     inner = _image_stream(clip, data, train.batch_size, ctx.rank, ctx.world_size, train.num_workers)
-    return PriorBatches(inner, clip, tok)
+    return PriorBatches(inner, clip, tok, seed=train.seed, rank=ctx.rank)
 
 
 # -- the diffusion prior -----------------------------------------------------------------------
@@ -139,7 +143,7 @@ def make_objective(cfg: PriorConfig) -> Objective:
         device = next(model.parameters()).device
         x0 = scale_embedding(batch["z_i"].to(device))  # (B, D), entries of unit mean square
         b = x0.shape[0]
-        g = torch.Generator(device=device).manual_seed(step)
+        g = generator_for(device, batch["seed"])
         t = torch.randint(0, schedule.num_steps, (b,), generator=g, device=device)
         noise = torch.randn(x0.shape, generator=g, device=device)
         drop = torch.rand(b, generator=g, device=device) < cfg.cond_dropout
@@ -164,7 +168,8 @@ def fit_codebook(model: ARPrior, clip: Any, tok: Any, data: DataSpec) -> dict[st
     """Fit the AR prior's PCA and buckets on the first ``pca_images`` training images (one
     caption each, no BPE dropout): deterministic for a given data source and seed."""
     cfg = model.config
-    batches = PriorBatches(_image_stream(clip, data, 256, 0, 1), clip, tok, train=False)
+    stream = _image_stream(clip, data, 256, 0, 1)
+    batches = PriorBatches(stream, clip, tok, seed=data.seed, rank=0, train=False)
     z_i, z_t, n = [], [], 0
     while n < cfg.pca_images:
         batch = next(batches)
@@ -195,10 +200,13 @@ def make_ar_objective(cfg: ARPriorConfig) -> Objective:
         prior = getattr(model, "module", model)  # DDP
         z_i, z_t = batch["z_i"].to(device), batch["z_t"].to(device)
         b = z_i.shape[0]
-        g = torch.Generator(device=device).manual_seed(step)
+        g = generator_for(device, batch["seed"])
         drop = torch.rand(b, generator=g, device=device) < cfg.cond_dropout
-        comps = prior.encode(z_i)  # (B, K)
-        dot = prior.dot_token(z_i, z_t)  # (B,)
+        # the targets are quantised in float32: under bf16 autocast the PCA projection moved
+        # ~12% of the tokens by one bucket
+        with torch.autocast(device.type, enabled=False):
+            comps = prior.encode(z_i.float())  # (B, K)
+            dot = prior.dot_token(z_i.float(), z_t.float())  # (B,)
         dot_logits, comp_logits = model(
             batch["text"].to(device), z_t, dot, comps[:, :-1], drop=drop
         )
@@ -281,6 +289,7 @@ def export(
 
 STAGE = Stage(
     name="prior",
+    fit_inputs=fit_to_inputs,
     model_config_cls=PriorConfig,
     presets=stage_presets("prior"),
     build_model=DiffusionPrior,
@@ -292,6 +301,7 @@ STAGE = Stage(
 
 AR_STAGE = Stage(
     name="ar_prior",
+    fit_inputs=fit_to_inputs,
     model_config_cls=ARPriorConfig,
     presets=stage_presets("ar_prior"),
     build_model=ARPrior,

@@ -14,6 +14,7 @@ from typing import Any
 from tessera.config.base import Config
 from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
+from tessera.training.data import draw_seed
 from tessera.training.stages import DataSpec, Stage, get_stage
 
 log = logging.getLogger("tessera.train")
@@ -108,11 +109,21 @@ def train_stage(
     missing = [f"--{n}" for n in stage.needs if getattr(spec, n) is None]
     if missing:
         raise ConfigError(f"{name} training needs {' and '.join(missing)} DIR")
+    if stage.fit_inputs is not None:
+        explicit = split_overrides(
+            list(overrides),
+            {f.name for f in dataclasses.fields(model_cfg)},
+            {f.name for f in dataclasses.fields(train_cfg)},
+        )[0]
+        model_cfg = stage.fit_inputs(model_cfg, spec, {o.split("=", 1)[0] for o in explicit})
     ctx = init_distributed()
     torch.manual_seed(train_cfg.seed)
     model = stage.build_model(model_cfg)
     if stage.prepare is not None:
         stage.prepare(model, model_cfg, spec)
+    # the global RNG (the dVAE's gumbel noise, dropout layers) draws differently on each rank;
+    # the model above was initialised alike everywhere
+    torch.manual_seed(draw_seed(train_cfg.seed, ctx.rank, 0, "global"))
     trainer = Trainer(
         model=model,
         objective=stage.objective(model_cfg),

@@ -2,9 +2,11 @@
 "random crops of images that are one-fourth the target size") -> the low-resolution crop,
 corrupted (blur or BSR) -> the diffusion loss of the super-resolution UNet.
 
-The crop positions, corruptions, noise levels and noise of update ``step`` come from
-generators seeded from ``step`` (a CPU one for the pixel work, one on the model's device for
-the diffusion draws, with different seeds), so a resumed run draws the same ones.
+The crop positions, corruptions, noise levels and noise of a batch come from generators
+seeded from the batch's own seed (run seed, rank, batch index:
+:class:`~tessera.training.data.DrawnBatches`; a CPU one for the pixel work, one on the
+model's device for the diffusion draws, with different seeds), so a resumed run draws the
+same ones.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from torch import nn
 from tessera.config.training import TrainConfig
 from tessera.config.upsampler import UpsamplerConfig
 from tessera.models.upsampler import Upsampler
-from tessera.training.data import BatchStream, source_image_batches
+from tessera.nn.rng import generator_for
+from tessera.training.data import BatchStream, DrawnBatches, source_image_batches
 from tessera.training.distributed import DistContext
 from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
 
@@ -65,7 +68,7 @@ def training_pair(
 def make_batches(
     cfg: UpsamplerConfig, train: TrainConfig, data: DataSpec, ctx: DistContext
 ) -> BatchStream:
-    return source_image_batches(
+    inner = source_image_batches(
         data.source,
         image_size=cfg.image_size,
         batch_size=train.batch_size,
@@ -74,10 +77,18 @@ def make_batches(
         world_size=ctx.world_size,
         num_workers=train.num_workers,
     )
+    return SeededImages(inner, seed=train.seed, rank=ctx.rank)
 
 
-# seeds of the crop / corruption generators: offset + step (CPU generators keep only the low
-# 32 bits of a seed, so the offset is below 2**32)
+class SeededImages(DrawnBatches):
+    """``{"images": (B, 3, S, S), "seed": int}``: the full-size images and their draws' seed."""
+
+    def make(self, batch: dict[str, Any], seed: int) -> dict[str, Any]:
+        return {"images": batch["images"], "seed": seed}
+
+
+# added to a batch's seed for the crop / corruption generator: CPU generators keep only the
+# low 32 bits of a seed, and two generators seeded alike on a CPU device give the same numbers
 PIXEL_SEED_OFFSET = 0x9E3779B9
 
 
@@ -90,12 +101,12 @@ def make_objective(cfg: UpsamplerConfig) -> Objective:
         device = next(model.parameters()).device
         # the pixel draws get their own seed: on a CPU device, two generators seeded alike give
         # the same numbers (the crop rows would be t mod the number of positions)
-        pixels = torch.Generator().manual_seed(PIXEL_SEED_OFFSET + step)
+        pixels = torch.Generator().manual_seed((batch["seed"] + PIXEL_SEED_OFFSET) % 2**63)
         with torch.autocast(device.type, enabled=False):  # pixel work in float32
             target, low = training_pair(cfg, batch["images"], pixels)
         x0 = target.to(device) * 2 - 1
         b = x0.shape[0]
-        g = torch.Generator(device=device).manual_seed(step)
+        g = generator_for(device, batch["seed"])
         t = torch.randint(0, schedule.num_steps, (b,), generator=g, device=device)
         noise = torch.randn(x0.shape, generator=g, device=device)
         x_t = q_sample(schedule, x0, t, noise)
