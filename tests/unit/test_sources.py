@@ -281,7 +281,6 @@ def test_open_source_dispatch(tmp_path, bad_folder):
 
 
 def test_open_source_shapes():
-    pytest.importorskip("tessera.data.shapes", reason="shapes source not built yet")
     from tessera.data.shapes import ShapesSource  # noqa: F401
 
     src = open_source("shapes", config=DataConfig(image_size=32), n=4)
@@ -305,7 +304,6 @@ def test_non_utf8_and_bom_captions(tmp_path):
 
 
 def test_shapes_split_across_dataloader_workers():
-    pytest.importorskip("tessera.data.shapes", reason="shapes source not built yet")
     import torch
 
     from tessera.data import ImageTextDataset, ImageTransform, collate

@@ -23,9 +23,6 @@ from datafixtures import (
     shard_members,
     write_tar,
 )
-
-pytest.importorskip("webdataset")
-
 from tessera.config import DataConfig
 from tessera.data import ImageTextDataset, ImageTransform, collate, open_source
 from tessera.data.sources.webdataset import (
@@ -215,7 +212,6 @@ def test_txt_member_is_one_caption_per_line_and_json_captions_list(tmp_path):
 def test_shapes_webdataset_export_reads_back_every_caption(tmp_path):
     """``tessera data shapes --format webdataset`` writes 5 captions per .txt, one per line:
     reading the shards back gives exactly the captions of the shapes source."""
-    pytest.importorskip("tessera.data.shapes")
     from tessera.config.shapes import ShapesConfig
     from tessera.data.shapes import ShapesSource, export_shapes
 
