@@ -1,7 +1,9 @@
-"""Bounded load on ``tessera serve``: 16 clients x 5 requests against a tiny-preset server on
-127.0.0.1 (a subprocess running the real CLI). Prints one JSON line: requests, 200s, 429s,
-other answers, p50/p95 latency of the 200s, the server's RSS before and after, its peak RSS,
-and whether /healthz still answers.
+"""Bounded load on ``tessera serve``: 16 clients x 5 requests against a server on 127.0.0.1
+(a subprocess running the real CLI) with two tiny random-weight models loaded, a DALL·E and
+an unCLIP one; the clients alternate between them, each request with every field the model
+takes (the page's guidance, and steps for unCLIP). Prints one JSON line: requests, 200s,
+429s, other answers, p50/p95 latency of the 200s, the answers per model, the server's RSS
+before and after, its peak RSS, and whether /healthz still answers.
 
     .venv/bin/python benchmarks/bench_serve_load.py [--clients 16] [--requests 5]
 
@@ -36,11 +38,17 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int:
 
 
 @contextlib.contextmanager
-def serve_subprocess(model_dir: Path, port: int, *, timeout_s: float = 30, queue_size: int = 4):
-    """``tessera serve`` on 127.0.0.1:port in a subprocess; yields (base URL, pid)."""
+def serve_subprocess(
+    model_dirs: Path | list[Path], port: int, *, timeout_s: float = 30, queue_size: int = 4
+):
+    """``tessera serve`` of one or more model folders (each served under its folder name) on
+    127.0.0.1:port in a subprocess; yields (base URL, pid)."""
     import httpx
 
-    cmd = [sys.executable, "-m", "tessera", "serve", "--model", str(model_dir)]
+    dirs = model_dirs if isinstance(model_dirs, list) else [model_dirs]
+    cmd = [sys.executable, "-m", "tessera", "serve"]
+    for d in dirs:
+        cmd += ["--model", str(d)]
     cmd += ["--port", str(port), "--timeout", str(timeout_s), "--queue-size", str(queue_size)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -69,10 +77,13 @@ def serve_subprocess(model_dir: Path, port: int, *, timeout_s: float = 30, queue
 
 def run_load(base: str, pid: int, *, clients: int = 16, requests: int = 5,
              time_limit_s: float = 30) -> dict:  # fmt: skip
-    """``clients`` threads each sending ``requests`` generate requests; the figures."""
+    """``clients`` threads each sending ``requests`` generate requests, spread over every
+    loaded model (from /healthz) with every field it takes; the figures."""
     import httpx
 
+    loaded = httpx.get(base + "/healthz", timeout=10).json()["models"]
     results: list[tuple[int, float]] = []
+    per_model: dict[str, dict[str, int]] = {m["name"]: {} for m in loaded}
     lock = threading.Lock()
     peak_sampled = [rss_kb(pid)]
     stop = threading.Event()
@@ -85,7 +96,11 @@ def run_load(base: str, pid: int, *, clients: int = 16, requests: int = 5,
     def client(c: int) -> None:
         with httpx.Client(timeout=time_limit_s + 10) as http:
             for r in range(requests):
-                body = {"prompt": "a red circle", "n": 2, "candidates": 4, "seed": c * 100 + r}
+                model = loaded[(c + r) % len(loaded)]
+                body = {"prompt": "a red circle", "model": model["name"], "n": 2,
+                        "candidates": 4, "seed": c * 100 + r}  # fmt: skip
+                for field, setting in model.get("settings", {}).items():
+                    body[field] = setting["default"]  # what the page sends
                 t0 = time.monotonic()
                 try:
                     status = http.post(base + "/api/generate", json=body).status_code
@@ -93,6 +108,8 @@ def run_load(base: str, pid: int, *, clients: int = 16, requests: int = 5,
                     status = -1  # no answer in time, or the connection failed
                 with lock:
                     results.append((status, time.monotonic() - t0))
+                    counts = per_model[model["name"]]
+                    counts[str(status)] = counts.get(str(status), 0) + 1
 
     rss_before = rss_kb(pid)
     sampler = threading.Thread(target=sample, daemon=True)
@@ -122,6 +139,7 @@ def run_load(base: str, pid: int, *, clients: int = 16, requests: int = 5,
         "rss_after_mb": round(rss_kb(pid) / 1024, 1),
         "peak_rss_mb": round(max(max(peak_sampled), rss_kb(pid, "VmHWM")) / 1024, 1),
         "healthz_after": healthz,
+        "per_model": per_model,
         "clients": clients,
         "requests_per_client": requests,
     }
@@ -133,11 +151,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "tests"))
-    from helpers.serve import build_tiny_pipeline, free_port
+    from helpers.serve import build_tiny_pipeline, build_tiny_unclip_pipeline, free_port
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_pipeline(Path(tmp) / "tiny")
-        with serve_subprocess(model, free_port()) as (base, pid):
+        models = [
+            build_tiny_pipeline(Path(tmp) / "dalle"),
+            build_tiny_unclip_pipeline(Path(tmp) / "unclip"),
+        ]
+        with serve_subprocess(models, free_port()) as (base, pid):
             figures = run_load(base, pid, clients=args.clients, requests=args.requests)
     print(json.dumps(figures))
 

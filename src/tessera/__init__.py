@@ -1,4 +1,4 @@
-"""tessera: a faithful, fast, tested DALL·E (and next unCLIP) toolkit.
+"""tessera: a faithful, fast, tested DALL·E and DALL·E 2 (unCLIP) toolkit.
 
 The top-level namespace stays tiny and cheap to import: heavy modules load on first use.
 """
@@ -23,8 +23,8 @@ def load(path: str, **kwargs: Any) -> Any:
 
 
 def load_pipeline(path: str, **kwargs: Any) -> Any:
-    """Load a pipeline folder (``model_index.json``) as a text-to-image generator.
-    See ``tessera.pipelines.load_pipeline``."""
+    """Load a shipped pipeline by name (``"dalle"``, ``"unclip"``) or a pipeline folder as a
+    text-to-image generator. See ``tessera.pipelines.load_pipeline``."""
     from tessera.pipelines import load_pipeline as _load_pipeline
 
     return _load_pipeline(path, **kwargs)

@@ -165,6 +165,53 @@ def test_page_generates_completes_and_shows_errors(browser, tiny_pipeline_dir, t
         page.close()
 
 
+def test_page_drives_each_loaded_model_in_turn(browser, tmp_path) -> None:
+    """DALL·E and unCLIP served together: pick each in the page, generate, see its images.
+    The page shows (and sends) only the fields the chosen model takes, with its defaults."""
+    import json
+
+    from helpers.serve import build_tiny_pipeline, build_tiny_unclip_pipeline
+    from tessera.pipelines import load_pipeline
+
+    models = {
+        "dalle": load_pipeline(build_tiny_pipeline(tmp_path / "dalle")),
+        "unclip": load_pipeline(build_tiny_unclip_pipeline(tmp_path / "unclip")),
+    }
+    with running_server(_app(models)) as base:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        seen = _watch(page, base)
+        sent = []
+        page.on(
+            "request",
+            lambda r: r.url.endswith("/api/generate") and sent.append(json.loads(r.post_data)),
+        )
+        page.goto(base + "/")
+        page.wait_for_function("() => document.querySelectorAll('#model option').length === 2")
+        for name, steps in (("dalle", False), ("unclip", True), ("dalle", False)):
+            page.select_option("#model", name)
+            assert page.input_value("#model") == name and name in page.inner_text("#caps")
+            default = models[name].settings.guidance if name == "dalle" else 3.0
+            assert page.is_visible("#guidance-field")
+            assert float(page.input_value("#guidance")) == default  # the model's own default
+            assert page.is_visible("#steps-field") is steps
+            assert page.is_visible("#complete-panel") is (name == "dalle")
+            page.fill("#guidance", "2")
+            if steps:
+                page.fill("#steps", "3")
+            page.fill("#seed", "5")
+            page.evaluate("() => document.querySelector('#results').replaceChildren()")
+            _generate(page, "a red circle", 2)
+            assert _decoded(page) == [32, 32]
+            assert page.is_hidden("#error"), page.inner_text("#error")
+            body = sent[-1]
+            assert body["model"] == name and body["guidance"] == 2
+            assert ("steps" in body) is steps and (body.get("steps") == 3 or not steps)
+        assert len(sent) == 3
+        assert all(u.startswith(base) or u.startswith("data:") for u in seen["requests"])
+        assert not [e for e in seen["errors"] if "Failed to load resource" not in e], seen
+        page.close()
+
+
 def test_shipped_model_page_screenshot(browser, tmp_path) -> None:
     """The shipped model at a desktop width after "a red circle" (docs/images/serve.png)."""
     from tessera.apps.demo import default_pipeline_dir

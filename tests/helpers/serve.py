@@ -33,6 +33,45 @@ def build_tiny_pipeline(out: Path) -> Path:
     return save_pipeline(out, model=dalle, vae=vae, tokenizer=tok, clip=clip, clip_tokenizer=tok)
 
 
+def build_tiny_unclip_pipeline(out: Path) -> Path:
+    """An untrained tiny unCLIP pipeline folder (tokenizer, CLIP, diffusion prior, 32 px
+    decoder, no upsampler), with the fewest sampling steps: it answers in a blink."""
+    from tessera.config.presets import preset
+    from tessera.config.shapes import ShapesConfig
+    from tessera.data.shapes import ShapesSource
+    from tessera.models.clip import CLIP
+    from tessera.models.decoder import Decoder
+    from tessera.models.prior import DiffusionPrior
+    from tessera.pipelines.unclip import save_unclip_pipeline
+    from tessera.text.tokenizer import TextTokenizer
+
+    src = ShapesSource(ShapesConfig(size=32), split="train", n=200)
+    tok = TextTokenizer.train([src.prompt(i) for i in range(200)], preset("tokenizer", "tiny"))
+    torch.manual_seed(0)
+    return save_unclip_pipeline(
+        out,
+        tokenizer=tok,
+        clip=CLIP(preset("clip", "tiny")),
+        clip_tokenizer=tok,
+        priors={"diffusion": DiffusionPrior(preset("prior", "tiny"))},
+        decoder=Decoder(preset("decoder", "tiny")),
+        defaults={"prior_steps": 2, "prior_candidates": 1, "decoder_steps": 2},
+    )
+
+
+class FailingPipeline:
+    """Wraps a pipeline; ``generate`` raises an unexpected error (a server-side fault)."""
+
+    def __init__(self, pipe) -> None:
+        self._pipe = pipe
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def generate(self, *args, **kwargs):
+        raise TypeError("boom: an unexpected fault inside the model")
+
+
 class BlockingPipeline:
     """Wraps a pipeline; ``generate`` waits for ``release`` (and counts its calls)."""
 

@@ -67,3 +67,60 @@ def test_os_errors_on_user_paths_are_one_line(tmp_path, make_args, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0
     assert err[-1].startswith("tessera: error:") and "Traceback" not in "\n".join(err)
+
+
+def _help(capsys, *cmd: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def _option_help(text: str, flag: str) -> str:
+    """The option's entry in --help (its flags, metavars and help), as one line."""
+    lines = text.split("\noptions:\n", 1)[1].splitlines()
+    start = next(i for i, x in enumerate(lines) if x.strip().startswith(flag + " "))
+    entry = [lines[start]]
+    for x in lines[start + 1 :]:
+        if x.strip().startswith("-"):
+            break
+        entry.append(x)
+    return " ".join(" ".join(entry).split())
+
+
+def test_top_level_help_names_both_generators(capsys):
+    text = " ".join(_help(capsys).split())
+    assert "DALL·E" in text and "DALL·E 2 (unCLIP)" in text
+
+
+def test_decoder_train_describes_what_the_decoder_reads(capsys):
+    text = _help(capsys, "decoder", "train")
+    assert "stage 2" not in text and "--vae" not in text  # the decoder reads no dVAE
+    assert "condition the decoder" in _option_help(text, "--clip")
+    assert "decoder's captions" in _option_help(text, "--tokenizer")
+    assert "dVAE checkpoint that tokenizes" in _option_help(
+        _help(capsys, "dalle", "train"), "--vae"
+    )
+
+
+def test_a_checkpoint_flag_the_stage_does_not_read_is_refused(tmp_path, capsys):
+    argv = ["decoder", "train", "--vae", str(tmp_path), "--run-dir", str(tmp_path / "r")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "decoder training reads no --vae checkpoint" in err
+
+
+@pytest.mark.parametrize(
+    ("cmd", "flag", "wanted"),
+    [
+        (("interpolate",), "--steps", "(default 8)"),
+        (("textdiff",), "--steps", "(default 5)"),
+        (("generate",), "--seed", "same seed"),
+        (("generate",), "--seed", "(default 0)"),
+        (("variations",), "--model", "unclip"),
+        (("serve",), "--model", "unclip"),
+        (("demo",), "--model", "unclip"),
+    ],
+)
+def test_option_help_says_what_it_does_and_its_default(capsys, cmd, flag, wanted):
+    assert wanted in _option_help(_help(capsys, *cmd), flag)

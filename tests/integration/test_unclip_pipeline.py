@@ -83,7 +83,7 @@ def test_generate_with_both_priors_and_eval_fidelity(installed, tmp_path) -> Non
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n"] == 2
 
 
-def test_unclip_flags_are_checked_in_one_line(installed, capsys) -> None:
+def test_unclip_flags_are_checked_in_one_line(installed, capsys, caplog, tmp_path) -> None:
     folder = str(installed / "dest" / "unclip")
     base = ["generate", "a red circle", "--model", folder, "--out", "/nonexistent/x"]
     assert main([*base, "--temperature", "0.5"]) == 2
@@ -92,6 +92,9 @@ def test_unclip_flags_are_checked_in_one_line(installed, capsys) -> None:
     assert "decoder_steps must be >= 2" in capsys.readouterr().err
     assert main([*base, "--vae", folder]) == 2
     assert "--vae and --clip apply to DALL·E pipelines only" in capsys.readouterr().err
+    # an overlong prompt is cut with a warning, as for DALL·E (one behaviour for both)
     too_long = " ".join(["a red circle above a blue square"] * 20)
-    assert main(["generate", too_long, "--model", folder, "--out", "/nonexistent/x"]) == 2
-    assert "longer than the model's" in capsys.readouterr().err
+    out = str(tmp_path / "long")
+    with caplog.at_level("WARNING", logger="tessera.text"):
+        assert main(["generate", too_long, "--model", folder, "--n", "1", "--out", out]) == 0
+    assert "longer than the model's" in caplog.text

@@ -11,6 +11,10 @@ and ``manifest.jsonl`` + PNGs, so ``tessera eval fidelity`` can re-score them.
 When the shipped DALL·E 2 (unCLIP) pipeline is installed too, the same prompts go through it
 (``unclip/``: its samples and manifest) and ``side_by_side.png`` shows both generators' kept
 samples per prompt (DALL·E's 32 px images enlarged to unCLIP's 128 px).
+
+``model`` is a shipped name or a pipeline folder, resolved by
+:func:`tessera.pipelines.load_pipeline` as everywhere: ``"unclip"`` (or an unCLIP folder) runs
+the demo on DALL·E 2 alone (no image prompts: unCLIP does not complete images).
 """
 
 from __future__ import annotations
@@ -83,25 +87,27 @@ def run_generation_demo(
     guidance: float | None = None,
     unclip: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the demo; returns (and writes to ``summary.json``) its figures. unclip: an unCLIP
-    pipeline folder to compare with (default: the shipped one, when installed; "" = none)."""
+    """Run the demo; returns (and writes to ``summary.json``) its figures. model: a shipped
+    name or pipeline folder (default: ``"dalle"``). unclip: an unCLIP pipeline (name or folder)
+    to compare a DALL·E model with (default: the shipped one, when installed; "" = none)."""
     import torch
 
     from tessera.config.shapes import ShapesConfig
     from tessera.data.images import grid_png, to_uint8
     from tessera.data.shapes import ShapesSource, check_image
-    from tessera.pipelines import load_pipeline, write_samples
+    from tessera.pipelines import load_pipeline, resolve_pipeline, write_samples
     from tessera.reporting.html import Image, Table, Text, write_report
 
     t0 = time.perf_counter()
-    path = _require(Path(model) if model else default_pipeline_dir(), "pipeline")
+    path = _require(resolve_pipeline("dalle" if model is None else model), "pipeline")
     options = {} if clip is None else {"clip": _require(Path(clip), "CLIP model")}
     pipe = load_pipeline(path, **options)
     if "rerank" not in pipe.capabilities:
         raise CheckpointError(f"{path} has no CLIP to rerank with; pass --clip DIR")
     settings = pipe.settings
-    if guidance is not None:
-        settings = dataclasses.replace(settings, guidance=guidance)
+    if guidance is not None:  # the generic knob: DALL·E's guidance, unCLIP's decoder's
+        target = getattr(pipe, "setting_aliases", {}).get("guidance", "guidance")
+        settings = dataclasses.replace(settings, **{target: guidance})
     prompts = [p for p, _ in DEMO_PROMPTS]
     samples = pipe.generate(prompts, n=candidates, keep=keep, settings=settings, seed=seed)
     out = write_samples(
@@ -111,26 +117,33 @@ def run_generation_demo(
     verdicts = [bool(check_image(img, p).passed) for img, p in zip(pixels, samples.prompts)]
 
     # Image prompts: the top half of real eval images, completed from their own captions.
-    size = pipe.image_size
-    src = ShapesSource(ShapesConfig(size=size), split="eval", n=4)
-    real = np.stack([src.image(i) for i in range(4)])
-    captions = [src.prompt(i) for i in range(4)]
-    rows = pipe.model.config.grid_size // 2
-    x = torch.from_numpy(real).permute(0, 3, 1, 2).float() / 255
-    completed = pipe.generate(
-        captions, n=1, image_prompt=x, keep_rows=rows, settings=settings, seed=seed
-    )
-    done = to_uint8(completed.images)
-    shown = real.copy()
-    cut = rows * size // pipe.model.config.grid_size
-    shown[:, cut:] = 255  # what the model was given: the top rows only
-    tiles = [t for i in range(4) for t in (real[i], shown[i], done[i])]
-    (out / "image_prompt.png").write_bytes(grid_png(tiles, ncol=3))
+    captions: list[str] = []
+    if "image_prompt" in pipe.capabilities:
+        size = pipe.image_size
+        src = ShapesSource(ShapesConfig(size=size), split="eval", n=4)
+        real = np.stack([src.image(i) for i in range(4)])
+        captions = [src.prompt(i) for i in range(4)]
+        rows = pipe.model.config.grid_size // 2
+        x = torch.from_numpy(real).permute(0, 3, 1, 2).float() / 255
+        completed = pipe.generate(
+            captions, n=1, image_prompt=x, keep_rows=rows, settings=settings, seed=seed
+        )
+        done = to_uint8(completed.images)
+        shown = real.copy()
+        cut = rows * size // pipe.model.config.grid_size
+        shown[:, cut:] = 255  # what the model was given: the top rows only
+        tiles = [t for i in range(4) for t in (real[i], shown[i], done[i])]
+        (out / "image_prompt.png").write_bytes(grid_png(tiles, ncol=3))
 
-    unclip_dir = default_unclip_dir() if unclip is None else (Path(unclip) if unclip else None)
     compare = None
-    if unclip_dir is not None and (unclip_dir / "model_index.json").is_file():
-        compare = _unclip_side(out, unclip_dir, prompts, samples, candidates, keep, seed)
+    if pipe.kind != "unclip":  # DALL·E's samples beside DALL·E 2's, when it is installed
+        unclip_dir = (
+            default_unclip_dir()
+            if unclip is None
+            else (resolve_pipeline(unclip) if unclip else None)
+        )
+        if unclip_dir is not None and (unclip_dir / "model_index.json").is_file():
+            compare = _unclip_side(out, unclip_dir, prompts, samples, candidates, keep, seed)
 
     seconds = time.perf_counter() - t0
     table_rows = []
@@ -143,8 +156,18 @@ def run_generation_demo(
         "keep": keep,
         "checker_pass": sum(verdicts) / len(verdicts),
         "seconds": round(seconds, 1),
+        "model": pipe.kind,
+        "image_prompt": bool(captions),
     }
     extra_sections: list[Any] = []
+    if captions:
+        extra_sections.append(
+            Image(
+                "Image prompt: original | top half given | completed",
+                (out / "image_prompt.png").read_bytes(),
+                "; ".join(captions),
+            )
+        )
     if compare is not None:
         summary["unclip_checker_pass"] = compare["checker_pass"]
         summary["unclip_seconds"] = compare["seconds"]
@@ -166,11 +189,6 @@ def run_generation_demo(
                 "Samples",
                 (out / "grid.png").read_bytes(),
                 f"{candidates} samples per prompt, the best {keep} by CLIP",
-            ),
-            Image(
-                "Image prompt: original | top half given | completed",
-                (out / "image_prompt.png").read_bytes(),
-                "; ".join(captions),
             ),
             *extra_sections,
             Text("How these were made", f"tessera demo --seed {seed}: {seconds:.1f} s"),

@@ -19,7 +19,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
-    p.add_argument("--model", help="pipeline directory (default: the shipped shapes model)")
+    p.add_argument(
+        "--model",
+        default="dalle",
+        help="dalle (the shipped shapes DALL·E pipeline, the default; the shipped unCLIP one "
+        "runs beside it), unclip (the shipped DALL·E 2 pipeline alone) or a pipeline folder",
+    )
     p.add_argument("--clip", help="CLIP checkpoint (default: the pipeline's own)")
     p.add_argument("--candidates", type=int, default=8, help="samples per prompt (default 8)")
     p.add_argument("--keep", type=int, default=4, help="best kept per prompt (default 4)")
@@ -57,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
                 f"DALL·E 2 (unCLIP), the same prompts: {100 * s['unclip_checker_pass']:.0f}% pass "
                 f"({s['unclip_seconds']:.0f} s); side_by_side.png"
             )
-        print(f"wrote {args.out}/grid.png, image_prompt.png, index.html, manifest.jsonl")
+        also = "image_prompt.png, " if s["image_prompt"] else ""
+        print(f"wrote {args.out}/grid.png, {also}index.html, manifest.jsonl")
         return 0
     return _data_demo(args)
 

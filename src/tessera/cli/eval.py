@@ -66,7 +66,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             ),
         )
         p.add_argument("--data", required=True, help=f"{name.upper()} root directory")
-        p.add_argument("--model", help="pipeline directory (RUN_DIR/final)")
+        p.add_argument(
+            "--model",
+            help="dalle or unclip (the shipped pipelines) or a pipeline directory "
+            "(e.g. RUN_DIR/final)",
+        )
         p.add_argument("--samples", help="manifest of already generated images, in caption order")
         p.add_argument("--n", type=int, default=30_000, help="images (paper: 30000)")
         p.add_argument("--image-size", type=int, default=256)

@@ -14,23 +14,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "per prompt) and manifest.jsonl (prompt, file, seed, sampling settings, scores)."
         ),
     )
-    p.add_argument("prompt", nargs="*", help="text prompt(s)")
+    p.add_argument(
+        "prompt",
+        nargs="*",
+        help="text prompt(s); one longer than the model reads is cut, with a warning "
+        "(DALL·E and unCLIP alike, as in tessera serve)",
+    )
     p.add_argument(
         "--model",
         default="dalle",
         help="dalle (default: the shipped DALL·E model), unclip (the shipped DALL·E 2 model) or "
-        "a pipeline directory of either kind",
+        "a pipeline directory of either kind (./dalle for a folder named dalle)",
     )
     p.add_argument("--vae", help="dVAE checkpoint, if not in MODEL/vae")
     p.add_argument("--prompts", help="file with one prompt per line")
     p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of every random draw: same seed and flags, same images (default 0)",
+    )
     # Sampling flags default to the pipeline's own settings (stored in its model_index.json).
     p.add_argument("--temperature", type=float, help="(default: the pipeline's, else 1)")
     p.add_argument("--top-k", type=int, help="0 keeps all tokens (default: the pipeline's)")
     p.add_argument("--top-p", type=float, help="nucleus mass; 1 keeps all (default: pipeline's)")
     p.add_argument("--threshold", type=float, help="min probability / max prob.")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1: none)")
+    p.add_argument(
+        "--guidance",
+        type=float,
+        help="classifier-free guidance scale (1: none); unCLIP: the decoder's, as "
+        "--decoder-guidance (default: the pipeline's)",
+    )
     # unCLIP flags (default: the pipeline's own settings)
     p.add_argument(
         "--compile",
@@ -65,7 +80,7 @@ def _generate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from tessera.errors import ConfigError, DataError
-    from tessera.pipelines import load_pipeline, write_samples
+    from tessera.pipelines import load_pipeline, pipeline_kind, write_samples
 
     prompts = list(args.prompt)
     if args.prompts:
@@ -75,22 +90,11 @@ def _generate(args: argparse.Namespace) -> int:
         raise DataError("give a prompt or --prompts FILE")
     if args.image_prompt and args.keep_rows < 1:
         raise ConfigError("--image-prompt needs --keep-rows R >= 1")
-    from tessera.checkpoint import shipped_dir
-
-    model = {"dalle": "pipeline", "unclip": "unclip"}.get(args.model)
-    if model is not None:
-        folder = shipped_dir(model)
-        if not folder.is_dir():
-            raise ConfigError(f"the shipped {args.model} model is not installed ({folder})")
-        args.model = str(folder)
     options = {k: v for k, v in (("vae", args.vae), ("clip", args.clip)) if v is not None}
-    if options and (Path(args.model) / "model_index.json").is_file():
-        from tessera.pipelines.base import read_index
-
-        if read_index(args.model).pipeline != "dalle":
-            raise ConfigError("--vae and --clip apply to DALL·E pipelines only")
-    pipe = load_pipeline(args.model, **options)
-    flags = _flags(args, pipe.kind)
+    if options and pipeline_kind(args.model) != "dalle":
+        raise ConfigError("--vae and --clip apply to DALL·E pipelines only")
+    pipe = load_pipeline(args.model, **options)  # shipped names resolve there
+    flags = _flags(args, pipe.kind, getattr(pipe, "setting_aliases", {}))
     try:
         settings = dataclasses.replace(
             pipe.settings, **{k: v for k, v in flags.items() if v is not None}
@@ -125,10 +129,22 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flags(args: argparse.Namespace, kind: str) -> dict[str, object]:
-    """The sampling flags given, as settings of the pipeline's kind (others are an error)."""
+def _flags(
+    args: argparse.Namespace, kind: str, aliases: dict[str, str] | None = None
+) -> dict[str, object]:
+    """The sampling flags given, as settings of the pipeline's kind (others are an error).
+    ``--guidance`` is the generic knob: it sets the setting the pipeline's ``setting_aliases``
+    name (unCLIP: ``decoder_guidance``), as the server's ``guidance`` field does."""
     from tessera.errors import ConfigError
 
+    target = (aliases or {}).get("guidance", "guidance")
+    if args.guidance is not None and target != "guidance":
+        own = getattr(args, target, None)
+        if own is not None and own != args.guidance:
+            flag = "--" + target.replace("_", "-")
+            raise ConfigError(f"--guidance sets {flag} on a {kind} pipeline: give one of them")
+        setattr(args, target, args.guidance)
+        args.guidance = None
     dalle = {
         "temperature": args.temperature,
         "top_k": args.top_k,

@@ -35,7 +35,10 @@ COMMANDS: list[str] = ["train_all", "generate", "manipulate", "demo", "serve"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessera",
-        description="tessera: DALL·E text-to-image: data, training, sampling, evaluation.",
+        description=(
+            "tessera: DALL·E and DALL·E 2 (unCLIP) text-to-image: data, training, sampling, "
+            "serving, evaluation."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"tessera {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

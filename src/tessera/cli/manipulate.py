@@ -9,7 +9,7 @@ from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    model = "unCLIP pipeline folder (default: the shipped shapes unCLIP pipeline)"
+    model = "unclip (the shipped shapes unCLIP pipeline, the default) or an unCLIP pipeline folder"
     p = subparsers.add_parser(
         "variations",
         help="unCLIP: variations of an image (invert once, decode with eta > 0)",
@@ -22,8 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="image file")
     p.add_argument("--n", type=int, default=8, help="variations (default 8)")
     p.add_argument("--eta", type=float, default=1.0, help="DDIM eta in (0, 1] (default 1)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", help=model)
+    p.add_argument("--seed", type=int, default=0, help="seed of the decoder's noise (default 0)")
+    p.add_argument("--model", default="unclip", help=model)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_variations)
 
@@ -38,9 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("image_a", metavar="A", help="first image file")
     p.add_argument("image_b", metavar="B", help="last image file")
-    p.add_argument("--steps", "--frames", dest="frames", type=int, default=8, help="frames")
-    p.add_argument("--seed", type=int, default=0, help="the upsamplers' noise (all frames)")
-    p.add_argument("--model", help=model)
+    p.add_argument(
+        "--steps", "--frames", dest="frames", type=int, default=8, help="frames (default 8)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="the upsamplers' noise, all frames (default 0)"
+    )
+    p.add_argument("--model", default="unclip", help=model)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_interpolate)
 
@@ -56,38 +60,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("image", help="image file")
     p.add_argument("--from", dest="from_caption", required=True, help="what the image shows")
     p.add_argument("--to", dest="to_caption", required=True, help="what it should show")
-    p.add_argument("--steps", "--frames", dest="frames", type=int, default=5, help="frames")
+    p.add_argument(
+        "--steps", "--frames", dest="frames", type=int, default=5, help="frames (default 5)"
+    )
     p.add_argument("--max-theta", type=float, default=0.5, help="last theta (default 0.5)")
-    p.add_argument("--seed", type=int, default=0, help="the upsamplers' noise (all frames)")
-    p.add_argument("--model", help=model)
+    p.add_argument(
+        "--seed", type=int, default=0, help="the upsamplers' noise, all frames (default 0)"
+    )
+    p.add_argument("--model", default="unclip", help=model)
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_textdiff)
 
 
-def _pipeline(model: str | None) -> tuple[Any, str]:
-    """The unCLIP pipeline at ``model`` (default: the shipped one); one-line errors."""
-    from pathlib import Path
-
-    from tessera.checkpoint import shipped_dir
+def _pipeline(model: str) -> tuple[Any, str]:
+    """The unCLIP pipeline ``model`` names (``unclip``: the shipped one; resolved by
+    ``load_pipeline``, as everywhere) or holds; one-line errors."""
     from tessera.errors import CheckpointError, ConfigError
-    from tessera.pipelines import load_pipeline
-    from tessera.pipelines.base import MODEL_INDEX, read_index
+    from tessera.pipelines import load_pipeline, pipeline_kind, resolve_pipeline
+    from tessera.pipelines.base import MODEL_INDEX
 
-    if model is None:
-        path = shipped_dir("unclip")
-        if not (path / MODEL_INDEX).is_file():
-            raise CheckpointError(
-                f"the shipped unCLIP pipeline is not installed ({path}): pass --model DIR"
-            )
-    else:
-        path = Path(model)
+    path = resolve_pipeline(model)
     if not path.exists():
         raise CheckpointError(f"pipeline checkpoint not found: {path}")
     if not (path / MODEL_INDEX).is_file():
         raise ConfigError(f"{path} is not a pipeline folder (no {MODEL_INDEX}): pass an unCLIP one")
-    kind = read_index(path).pipeline
+    kind = pipeline_kind(path)
     if kind != "unclip":
-        raise ConfigError(f"{path} is a {kind!r} pipeline: image manipulations need unCLIP")
+        raise ConfigError(f"{model} is a {kind!r} pipeline: image manipulations need unCLIP")
     return load_pipeline(path), str(path)
 
 

@@ -4,6 +4,28 @@ from __future__ import annotations
 
 import argparse
 
+_SHIPPED = "default: the shipped shapes DALL·E pipeline's"
+# stage -> the checkpoints it reads (``--vae`` / ``--tokenizer`` / ``--clip``) and what for
+STAGE_INPUTS: dict[str, dict[str, str]] = {
+    "vae": {},
+    "dalle": {
+        "vae": "dVAE checkpoint that tokenizes the images into the transformer's image tokens "
+        "(required)",
+        "tokenizer": "text tokenizer checkpoint that encodes the captions (required)",
+    },
+    "clip": {"tokenizer": "text tokenizer checkpoint that encodes the captions (required)"},
+    "decoder": {
+        "tokenizer": f"text tokenizer checkpoint for the decoder's captions ({_SHIPPED})",
+        "clip": f"CLIP checkpoint whose image embeddings condition the decoder ({_SHIPPED})",
+    },
+    "prior": {
+        "tokenizer": f"text tokenizer checkpoint for the prior's captions ({_SHIPPED})",
+        "clip": f"CLIP checkpoint whose text and image embeddings the prior maps ({_SHIPPED})",
+    },
+    "upsampler": {},
+}
+STAGE_INPUTS["ar_prior"] = STAGE_INPUTS["prior"]
+
 
 def add_train_command(
     subparsers: argparse._SubParsersAction,
@@ -24,9 +46,14 @@ def add_train_command(
     )
     p.add_argument("--preset", default="tiny", help="named preset (default: tiny)")
     p.add_argument("--data", default="shapes", help="data source spec (default: shapes)")
-    p.add_argument("--vae", help="dVAE checkpoint that tokenizes the images (stage 2)")
-    p.add_argument("--tokenizer", help="text tokenizer checkpoint (stage 2, unCLIP)")
-    p.add_argument("--clip", help="CLIP checkpoint that embeds the images (unCLIP decoder)")
+    reads = STAGE_INPUTS.get(stage_name, {})
+    if kinds:  # one command, several stages: the union of what they read
+        reads = {}
+        for stage in kinds.values():
+            reads = {**STAGE_INPUTS.get(stage, {}), **reads}
+    for flag in ("vae", "tokenizer", "clip"):
+        # a checkpoint the stage does not read is hidden, and refused if given anyway
+        p.add_argument(f"--{flag}", help=reads.get(flag, argparse.SUPPRESS))
     p.add_argument("--run-dir", required=True, help="run directory (checkpoints, logs)")
     p.add_argument("--steps", type=int, help="total optimizer updates")
     p.add_argument("--checkpoint-every", type=int, help="updates between checkpoints")
@@ -48,7 +75,14 @@ def add_train_command(
 
 
 def run_train(args: argparse.Namespace, stage_name: str) -> int:
+    from tessera.errors import ConfigError
     from tessera.training.stages.runner import train_stage
+
+    unread = [f for f in ("vae", "tokenizer", "clip") if getattr(args, f) is not None]
+    unread = [f for f in unread if f not in STAGE_INPUTS.get(stage_name, {})]
+    if unread:
+        flags = " and ".join(f"--{f}" for f in unread)
+        raise ConfigError(f"{stage_name} training reads no {flags} checkpoint: drop the flag")
 
     return train_stage(
         stage_name,

@@ -72,10 +72,21 @@ class DallePipeline:
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     kind: ClassVar[str] = "dalle"
+    # the generic sampling knobs of front ends (the server's request fields, the page's
+    # inputs, ``tessera generate --guidance``) -> this pipeline's own settings field; a
+    # generic knob missing here (``steps``: DALL·E draws tokens, it has no denoising steps)
+    # is refused by name, never guessed
+    setting_aliases: ClassVar[dict[str, str]] = {"guidance": "guidance"}
 
     @property
     def image_size(self) -> int:
         return int(self.vae.config.image_size)
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The most prompt tokens the model reads; ``generate`` cuts longer prompts, with a
+        warning on logger ``tessera.text``."""
+        return min(self.model.config.text_len - 1, self.tokenizer.max_length)
 
     @property
     def capabilities(self) -> frozenset[str]:

@@ -11,6 +11,7 @@ A pipeline folder (``model_index.json``, pipeline kind ``"unclip"``) holds ``tok
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -96,6 +97,14 @@ class UnclipPipeline:
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     kind: ClassVar[str] = "unclip"
+    # the generic sampling knobs of front ends (the server's request fields, the page's
+    # inputs, ``tessera generate --guidance``) -> this pipeline's own settings field: the
+    # decoder's guidance and steps (the prior is not guided by default: "guiding the prior
+    # hurt"; the upsamplers take no guidance)
+    setting_aliases: ClassVar[dict[str, str]] = {
+        "guidance": "decoder_guidance",
+        "steps": "decoder_steps",
+    }
 
     def __post_init__(self) -> None:
         if not self.priors or set(self.priors) - set(PRIOR_KINDS):
@@ -221,7 +230,7 @@ class UnclipPipeline:
         prompts = list(prompts)
         if not prompts:
             raise DataError("no prompts given")
-        self._check_lengths(prompts)
+        self._warn_cut(prompts)
         s = settings or self.settings
         gen = torch.Generator(device=self.device).manual_seed(seed)
         flat = [p for p in prompts for _ in range(n)]
@@ -233,6 +242,26 @@ class UnclipPipeline:
         index = [i for i in range(len(prompts)) for _ in range(n)]
         out = Samples(torch.cat(chunks), flat, index)
         return rerank(out, self.reranker, n, keep=keep) if keep is not None or n > 1 else out
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The most prompt tokens the prior and decoder read (one more is the ``<eos>``);
+        ``generate`` cuts longer prompts, with a warning on logger ``tessera.text``."""
+        return self.tokenizer.max_length - 1
+
+    def _warn_cut(self, prompts: Sequence[str]) -> None:
+        """Log, in DALL·E's words, how many prompts are longer than the models read: the
+        tokenizers cut them (one behaviour for both generators: cut, with a warning)."""
+        room = self.max_prompt_tokens
+        lengths = [len(self.tokenizer.encode(p, truncate=False)) for p in prompts]
+        over = [n for n in lengths if n > room]
+        if over:
+            logging.getLogger("tessera.text").warning(
+                "%d prompt(s) longer than the model's %d text tokens were cut (longest: %d tokens)",
+                len(over),
+                room,
+                max(over),
+            )
 
     def _check_lengths(self, prompts: Sequence[str]) -> None:
         room = self.tokenizer.max_length - 1

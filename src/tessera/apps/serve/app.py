@@ -5,6 +5,10 @@ Routes: ``GET /`` (the page), ``GET /healthz``, ``POST /api/generate`` (JSON),
 ``GET /docs`` (rendered from the OpenAPI JSON by a script in the package: no CDN). Send
 ``Accept: text/event-stream`` to either POST route to get ``progress`` events and then one
 ``result`` (or ``error``) event instead of a single JSON answer.
+
+Every request field is checked against the chosen model's own settings (see
+:func:`~tessera.apps.serve.service.check_params`): a bad value or a field the model has no use
+for is a 422 naming it; an unexpected exception is a JSON 500 with no traceback, logged once.
 """
 
 from __future__ import annotations
@@ -25,7 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tessera._version import __version__
 from tessera.apps.serve.config import ServeConfig
-from tessera.apps.serve.middleware import LimitsMiddleware
+from tessera.apps.serve.middleware import (
+    INTERNAL_ERROR,
+    ErrorsMiddleware,
+    LimitsMiddleware,
+    log_fault,
+)
 from tessera.apps.serve.service import (
     Params,
     RequestError,
@@ -33,6 +42,7 @@ from tessera.apps.serve.service import (
     decode_image,
     describe,
     install_warning_capture,
+    jsonable,
     load_models,
     run_generation,
 )
@@ -47,19 +57,34 @@ def static_dir() -> Path:
 
 
 class GenerateRequest(BaseModel):
-    """A text-to-image request. Omitted fields take the model's defaults."""
+    """A text-to-image request. Omitted fields take the model's defaults.
 
-    model_config = ConfigDict(extra="forbid")
+    ``guidance`` and ``steps`` are generic names, each set on the chosen model's own setting
+    (listed per model under ``settings`` in /healthz): DALL·E ``guidance`` -> ``guidance``
+    (it has no steps); unCLIP ``guidance`` -> ``decoder_guidance``, ``steps`` ->
+    ``decoder_steps``. A field the chosen model has no use for is a 422 naming it."""
 
-    prompt: str = Field(description="what to draw; cut (with a warning) past the limit")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    prompt: str = Field(
+        description="what to draw; past max_prompt_chars (see /healthz) or the model's text "
+        "context it is cut, with a warning in the answer (every model alike)"
+    )
     model: str | None = Field(None, description="a name from /healthz (default: the first)")
     n: int = Field(4, description="images returned")
     candidates: int | None = Field(
         None, description="samples drawn, reranked by CLIP, best n kept (default: n)"
     )
-    guidance: float | None = Field(None, description="classifier-free guidance scale")
+    guidance: float | None = Field(
+        None,
+        description="classifier-free guidance scale (DALL·E: its guidance; unCLIP: the "
+        "decoder's, decoder_guidance)",
+    )
     seed: int | None = Field(None, description="same seed, same images (default: random)")
-    steps: int | None = Field(None, description="denoising steps (diffusion models only)")
+    steps: int | None = Field(
+        None,
+        description="denoising steps (unCLIP: the decoder's, decoder_steps; DALL·E: none, 422)",
+    )
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -91,19 +116,21 @@ def create_app(config: ServeConfig | None = None, *, pipelines: dict[str, Any] |
         redoc_url=None,
     )
     app.state.config, app.state.models, app.state.slots = config, models, slots
+    # inner first: an unexpected exception becomes a JSON 500 (logged once) inside the
+    # limits middleware, so it carries the security headers too
+    app.add_middleware(ErrorsMiddleware)
     app.add_middleware(LimitsMiddleware, max_body_bytes=config.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
+        # inputs such as 1e400 or Infinity are echoed in the errors: made strict JSON
+        errs = jsonable(list(exc.errors()))
         first = errs[0] if errs else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
         msg = f"{where}: {first.get('msg', 'invalid request')}"
         if first.get("type") == "json_invalid":
             msg = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
-        return JSONResponse(
-            {"detail": msg, "errors": json.loads(json.dumps(errs, default=str))}, 422
-        )
+        return JSONResponse({"detail": msg, "errors": errs}, 422)
 
     @app.get("/healthz", summary="Status and the loaded models with what each supports")
     def healthz() -> dict[str, Any]:
@@ -133,9 +160,17 @@ def create_app(config: ServeConfig | None = None, *, pipelines: dict[str, Any] |
         description=(
             "Images as base64 PNG, best CLIP score first when the model reranks, each with "
             "its CLIP score and, for prompts the shapes checker understands, its verdict per "
-            "claim. 413: body too large; 422: a limit or an invalid field (the message names "
-            "the cap); 429 + Retry-After: the model's queue is full; 504: past the time limit. "
-            "With `Accept: text/event-stream`: progress events, then a result or error event."
+            "claim; the answer also gives the model's settings as run. Every field is checked "
+            "against the chosen model: `guidance` and `steps` set the model's own settings "
+            "(DALL·E: `guidance`, no steps; unCLIP: `decoder_guidance`, `decoder_steps`; see "
+            "`settings` per model in /healthz), and a field the model has no use for is a 422 "
+            "naming it. An overlong prompt is cut, with a warning in `warnings`, for every model "
+            "alike: past `max_prompt_chars` (/healthz), then past the model's text context "
+            "(`max_prompt_tokens` per model in /healthz). 413: body too large; 422: a limit or "
+            "an invalid field (the message names the field and the cap); 429 + Retry-After: "
+            "the model's queue is full; 504: past the time limit; 500: a server fault (JSON, "
+            "no traceback; logged on the server). With `Accept: text/event-stream`: progress "
+            "events, then a result or error event."
         ),
     )
     async def generate(body: GenerateRequest, request: Request) -> Any:
@@ -206,6 +241,9 @@ def create_app(config: ServeConfig | None = None, *, pipelines: dict[str, Any] |
             return _error(504, str(e))
         except RequestError as e:
             return _error(e.status, str(e))
+        except Exception as e:  # a fault of the model or of this server: logged once
+            log_fault(e, f"{request.method} {request.url.path} ({p.model})")
+            return _error(500, INTERNAL_ERROR)
 
     async def _events(slot: ModelSlot, job: Any) -> AsyncIterator[str]:
         waiter = asyncio.ensure_future(slot.wait(job))
@@ -221,6 +259,9 @@ def create_app(config: ServeConfig | None = None, *, pipelines: dict[str, Any] |
                 yield _sse("error", {"status": 504, "detail": str(e)})
             except RequestError as e:
                 yield _sse("error", {"status": e.status, "detail": str(e)})
+            except Exception as e:  # the answer has started: the fault is an error event
+                log_fault(e, f"event stream ({slot.name})")
+                yield _sse("error", {"status": 500, "detail": INTERNAL_ERROR})
         finally:
             waiter.cancel()
 
@@ -252,4 +293,4 @@ def _complete(pipe: Any, p: Params, x: Any, keep_rows: int) -> dict[str, Any]:
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+    return f"event: {event}\ndata: {json.dumps(jsonable(data))}\n\n"

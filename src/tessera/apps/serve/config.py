@@ -8,19 +8,23 @@ from tessera.errors import ConfigError
 
 __all__ = ["DEFAULT_MODEL", "ServeConfig"]
 
-DEFAULT_MODEL = "dalle"  # the shipped shapes pipeline
+DEFAULT_MODEL = "dalle"  # the shipped shapes DALL·E pipeline
 
 
 @dataclasses.dataclass(frozen=True)
 class ServeConfig:
     """Settings of ``tessera serve``; each limit has its own HTTP answer.
 
-    models: ``dalle`` (the shipped pipeline) or pipeline folders, served under their names.
+    models: shipped names (``dalle``, ``unclip``; resolved by
+      :func:`tessera.pipelines.load_pipeline`, served under those names) or pipeline folders
+      (served under their folder names).
     max_body_bytes: the largest request body (413 above it), JSON and uploads alike.
     max_image_pixels: width * height cap of an uploaded image, read from its header before
       decoding (400 above it: a decompression bomb never gets decoded).
     image_formats: the Pillow decoders an upload may use (anything else is a 400).
-    max_prompt_chars: longer prompts are cut to this, with a warning in the response.
+    max_prompt_chars: longer prompts are cut to this, with a warning in the response (and a
+      prompt past the model's text context is cut by the model, also with a warning: every
+      model alike).
     max_n / max_candidates / max_steps: caps on images returned, samples drawn and (for
       generators that take them) denoising steps; above a cap is a 422 naming it.
     queue_size: requests that may wait per model while one runs; beyond is a 429 with

@@ -1,12 +1,25 @@
-"""Pure ASGI middleware: the request body cap (413) and the security headers of every answer
-(a Content-Security-Policy that allows this server only: the page can reach nothing else)."""
+"""Pure ASGI middleware: the request body cap (413), the security headers of every answer
+(a Content-Security-Policy that allows this server only: the page can reach nothing else),
+and the last line of defence: any exception a route lets through is a JSON 500 without a
+traceback, logged once on logger ``tessera.serve``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from typing import Any
 
-__all__ = ["CSP", "LimitsMiddleware"]
+__all__ = ["CSP", "INTERNAL_ERROR", "ErrorsMiddleware", "LimitsMiddleware", "log_fault"]
+
+INTERNAL_ERROR = "internal server error (logged on the server)"
+logger = logging.getLogger("tessera.serve")
+
+
+def log_fault(exc: BaseException, where: str) -> None:
+    """Log a server-side fault once, with its traceback (on the server, never in an answer)."""
+    logger.error("%s failed: %s: %s", where, type(exc).__name__, exc, exc_info=exc)
+
 
 CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -86,3 +99,34 @@ async def _answer(send: Any, status: int, detail: str) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class ErrorsMiddleware:
+    """Any exception escaping the app becomes a JSON 500 (``{"detail": ...}``, no traceback),
+    logged once here; it is not re-raised, so neither Starlette nor uvicorn logs it again.
+    When the answer had already started, the fault is logged and the answer ends there."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as e:
+            log_fault(e, f"{scope.get('method', '?')} {scope.get('path', '?')}")
+            if not started:
+                await _answer(send, 500, INTERNAL_ERROR)
+                return
+            with contextlib.suppress(Exception):  # end the cut answer cleanly
+                await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -7,22 +7,25 @@ from __future__ import annotations
 import base64
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from tessera.apps.serve.config import DEFAULT_MODEL, ServeConfig
+from tessera.apps.serve.config import ServeConfig
 from tessera.errors import ConfigError, DataError
 
 __all__ = [
     "Params",
     "RequestError",
+    "check_params",
     "decode_image",
     "describe",
+    "jsonable",
     "load_models",
     "run_generation",
+    "setting_fields",
 ]
 
 _CLAIMS = ("count", "color_shape", "size", "position", "relation")
@@ -38,15 +41,15 @@ class RequestError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Params:
-    """A checked request: what to generate, and the warnings checking it raised."""
+    """A checked request: what to generate, with the model's settings the request's fields
+    were mapped onto (``settings``: the pipeline's own settings object, already validated)."""
 
     model: str
     prompt: str
     n: int
     candidates: int
-    guidance: float | None
     seed: int
-    steps: int | None = None
+    settings: Any = None
     warnings: tuple[str, ...] = ()
 
 
@@ -54,20 +57,33 @@ class Params:
 
 
 def load_models(names: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """``dalle`` -> the shipped pipeline; anything else -> a pipeline folder, served under the
-    folder's name (made unique). Only the operator's command line names paths."""
-    from tessera.apps.demo import default_pipeline_dir
-    from tessera.pipelines import load_pipeline
+    """Shipped names (``dalle``, ``unclip``) and pipeline folders, resolved by
+    :func:`tessera.pipelines.load_pipeline` as everywhere else; a shipped model is served under
+    its name, a folder under the folder's name (made unique). Only the operator's command
+    line names paths."""
+    from tessera.pipelines import load_pipeline, resolve_pipeline
+    from tessera.pipelines.loader import SHIPPED_PIPELINES
 
     out: dict[str, Any] = {}
     for spec in names:
-        path = default_pipeline_dir() if spec == DEFAULT_MODEL else Path(spec)
-        name = DEFAULT_MODEL if spec == DEFAULT_MODEL else (path.resolve().name or "model")
+        path = resolve_pipeline(spec)
+        name = spec if spec in SHIPPED_PIPELINES else (path.resolve().name or "model")
         base, i = name, 2
         while name in out:
             name, i = f"{base}-{i}", i + 1
-        out[name] = load_pipeline(path)
+        out[name] = load_pipeline(spec)
     return out
+
+
+def setting_fields(pipe: Any) -> dict[str, str]:
+    """The generic request fields (``guidance``, ``steps``) a model takes -> the field of its
+    own settings each one sets (e.g. unCLIP: ``guidance`` -> ``decoder_guidance``)."""
+    aliases = dict(getattr(pipe, "setting_aliases", {}) or {})
+    settings = getattr(pipe, "settings", None)
+    if settings is None or not dataclasses.is_dataclass(settings):
+        return {}
+    names = {f.name for f in dataclasses.fields(settings)}
+    return {field: target for field, target in aliases.items() if target in names}
 
 
 def describe(name: str, pipe: Any) -> dict[str, Any]:
@@ -79,9 +95,17 @@ def describe(name: str, pipe: Any) -> dict[str, Any]:
         "image_size": int(pipe.image_size),
         "capabilities": caps,
     }
-    settings = getattr(pipe, "settings", None)
-    if settings is not None and hasattr(settings, "guidance"):
-        info["default_guidance"] = float(settings.guidance)
+    fields = setting_fields(pipe)
+    if fields:
+        info["settings"] = {
+            field: {"setting": target, "default": jsonable(getattr(pipe.settings, target))}
+            for field, target in fields.items()
+        }
+    if "guidance" in fields:
+        info["default_guidance"] = float(getattr(pipe.settings, fields["guidance"]))
+    room = getattr(pipe, "max_prompt_tokens", None)
+    if isinstance(room, int):
+        info["max_prompt_tokens"] = room  # longer prompts are cut, with a warning
     grid = _grid_rows(pipe)
     if "image_prompt" in caps and grid:
         info["image_prompt_rows"] = grid
@@ -109,12 +133,21 @@ def check_params(
     seed: int | None,
     steps: int | None,
 ) -> Params:
-    """Check a request against the limits and the model's capabilities (RequestError: 422,
-    or 404 for an unknown model); an overlong prompt is cut with a warning."""
+    """Check a request against the limits and the chosen model (RequestError: 404 for an
+    unknown model, else 422 naming the field).
+
+    ``guidance`` and ``steps`` are set on the model's own settings through its
+    :func:`setting_fields` (DALL·E: ``guidance``; unCLIP: ``decoder_guidance`` and
+    ``decoder_steps``) and validated there; a field the model has no use for is refused.
+
+    An overlong prompt is cut with a warning in the answer, for every model alike: past
+    ``max_prompt_chars`` here, past the model's text context by the pipeline (whose warning
+    :func:`run_generation` passes on), as ``tessera generate`` does."""
     name = model or next(iter(models))
     if name not in models:
         raise RequestError(404, f"unknown model {name!r}; loaded: {', '.join(models)}")
-    caps = models[name].capabilities
+    pipe = models[name]
+    caps = pipe.capabilities
     warnings: list[str] = []
     text = " ".join(prompt.split())
     if not text:
@@ -130,22 +163,39 @@ def check_params(
             422, f"candidates must be between n = {n} and {config.max_candidates}, got {drawn}"
         )
     if drawn > n and "rerank" not in caps:
-        raise RequestError(422, f"model {name!r} cannot rerank: candidates must equal n")
-    if guidance is not None:
-        if "guidance" not in caps:
-            raise RequestError(422, f"model {name!r} does not take guidance")
-        if not 0 <= guidance <= 50:
-            raise RequestError(422, f"guidance must be between 0 and 50, got {guidance}")
-    if steps is not None:
-        if not 1 <= steps <= config.max_steps:
-            raise RequestError(422, f"steps must be between 1 and {config.max_steps}, got {steps}")
-        if "steps" not in caps:
-            raise RequestError(422, f"model {name!r} does not take steps")
+        raise RequestError(422, f"candidates: model {name!r} cannot rerank: must equal n")
+    if guidance is not None and not 0 <= guidance <= 50:
+        raise RequestError(422, f"guidance must be between 0 and 50, got {guidance}")
+    if steps is not None and not 1 <= steps <= config.max_steps:
+        raise RequestError(422, f"steps must be between 1 and {config.max_steps}, got {steps}")
+    settings = _settings(name, pipe, {"guidance": guidance, "steps": steps})
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
     elif not 0 <= seed < 2**32:
         raise RequestError(422, f"seed must be between 0 and {2**32 - 1}, got {seed}")
-    return Params(name, text, n, drawn, guidance, seed, steps, tuple(warnings))
+    return Params(name, text, n, drawn, seed, settings, tuple(warnings))
+
+
+def _settings(name: str, pipe: Any, given: dict[str, Any]) -> Any:
+    """The model's settings with the given generic fields set on their targets (422 naming
+    the field when the model has no use for it or its settings refuse the value)."""
+    fields = setting_fields(pipe)
+    settings = getattr(pipe, "settings", None)
+    for field, value in given.items():
+        if value is None:
+            continue
+        if field not in fields:
+            takes = ", ".join(fields) or "neither guidance nor steps"
+            raise RequestError(
+                422,
+                f"{field}: model {name!r} ({getattr(pipe, 'kind', '?')}) does not take {field} "
+                f"(it takes: {takes})",
+            )
+        try:
+            settings = dataclasses.replace(settings, **{fields[field]: value})
+        except (ConfigError, ValueError, TypeError) as e:
+            raise RequestError(422, f"{field} ({fields[field]}): {e}") from None
+    return settings
 
 
 def decode_image(data: bytes, config: ServeConfig, size: int) -> Any:
@@ -207,9 +257,7 @@ def run_generation(
     """Generate (on the model's worker thread) and shape the JSON answer."""
     from tessera.data.images import png_bytes, to_uint8
 
-    settings = pipe.settings
-    if p.guidance is not None:
-        settings = dataclasses.replace(settings, guidance=p.guidance)
+    settings = pipe.settings if p.settings is None else p.settings
     keep = p.n if p.candidates > p.n else None
     extra: dict[str, Any] = {}
     if image_prompt is not None:
@@ -235,7 +283,7 @@ def run_generation(
                 "png": base64.b64encode(png_bytes(img)).decode("ascii"),
                 "width": int(img.shape[1]),
                 "height": int(img.shape[0]),
-                "score": None if scores is None else round(float(scores[i]), 4),
+                "score": _score(scores, i),
                 "checker": _verdict(img, claims),
             }
         )
@@ -244,13 +292,41 @@ def run_generation(
         "prompt": p.prompt,
         "n": p.n,
         "candidates": p.candidates,
-        "guidance": float(settings.guidance) if hasattr(settings, "guidance") else None,
+        "guidance": _field(pipe, settings, "guidance"),
+        "steps": _field(pipe, settings, "steps"),
+        "settings": jsonable(dataclasses.asdict(settings)) if settings is not None else {},
         "seed": p.seed,
         "seconds": round(seconds, 3),
         "warnings": [*p.warnings, *captured],
         "checker_understands": claims is not None,
         "images": images,
     }
+
+
+def _score(scores: Any, i: int) -> float | None:
+    if scores is None or not math.isfinite(float(scores[i])):
+        return None
+    return round(float(scores[i]), 4)
+
+
+def _field(pipe: Any, settings: Any, field: str) -> Any:
+    """The value a generic field (``guidance``, ``steps``) had in ``settings``, or None."""
+    target = setting_fields(pipe).get(field)
+    return None if target is None else jsonable(getattr(settings, target))
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as strict JSON can carry it: non-finite floats and unknown objects become
+    strings (Starlette's JSON answers refuse NaN and infinities)."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value)
 
 
 def _claims(prompt: str) -> Any:

@@ -30,14 +30,25 @@ function setBusy(busy, text, fraction) {
 
 function currentModel() { return models.find((m) => m.name === $("model").value) || models[0]; }
 
+// The generic fields a model takes (from /healthz: field -> its own setting and default),
+// e.g. unCLIP: guidance -> decoder_guidance, steps -> decoder_steps. Only these are sent.
+function settingsOf(m) { return (m && m.settings) || {}; }
+
 function applyModel() {
   const m = currentModel();
   if (!m) return;
   const caps = new Set(m.capabilities);
+  const settings = settingsOf(m);
   show($("candidates-field"), caps.has("rerank"));
-  show($("guidance-field"), caps.has("guidance"));
   show($("complete-panel"), caps.has("image_prompt"));
-  if (caps.has("guidance") && $("guidance").value === "") $("guidance").value = m.default_guidance;
+  for (const field of ["guidance", "steps"]) {
+    const s = settings[field];
+    show($(`${field}-field`), Boolean(s));
+    // each model's own default: scales and step counts do not carry over between models
+    $(field).value = s ? s.default : "";
+    $(field).title = s ? `sets ${s.setting} (default ${s.default})` : "";
+  }
+  if (settings.steps) $("steps").max = limits.max_steps || "";
   if (m.image_prompt_rows) {
     $("keep_rows").max = m.image_prompt_rows - 1;
     $("keep_rows").value = Math.floor(m.image_prompt_rows / 2);
@@ -181,14 +192,18 @@ $("gen").addEventListener("submit", async (ev) => {
   const m = currentModel();
   const caps = new Set(m ? m.capabilities : []);
   const n = intOrNull("n") ?? 1;
+  const settings = settingsOf(m);
   const body = {
     prompt: $("prompt").value,
     model: $("model").value || null,
     n,
     candidates: caps.has("rerank") ? Math.max(n, intOrNull("candidates") ?? n) : null,
-    guidance: caps.has("guidance") ? intOrNull("guidance") : null,
     seed: intOrNull("seed"),
   };
+  // only the fields this model takes (a field it has no use for would be a 422)
+  for (const field of ["guidance", "steps"]) {
+    if (settings[field]) body[field] = intOrNull(field);
+  }
   try {
     render(await run("/api/generate", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }));
   } catch (e) {
@@ -211,7 +226,7 @@ $("complete").addEventListener("submit", async (ev) => {
   form.append("model", $("model").value);
   if ($("seed").value !== "") form.append("seed", $("seed").value);
   const m = currentModel();
-  if (m && m.capabilities.includes("guidance") && $("guidance").value !== "") form.append("guidance", $("guidance").value);
+  if (settingsOf(m).guidance && $("guidance").value !== "") form.append("guidance", $("guidance").value);
   try {
     render(await run("/api/complete", { method: "POST", body: form }));
   } catch (e) {
