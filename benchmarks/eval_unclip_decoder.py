@@ -50,10 +50,10 @@ def main() -> None:
 
     from tessera.checkpoint import load, load_checkpoint, shipped_dir
     from tessera.config.shapes import ShapesConfig
-    from tessera.data.images import to_uint8
+    from tessera.data.images import psnr, to_uint8
     from tessera.data.shapes.dataset import ShapesSource
     from tessera.evaluation.fidelity import CLAIMS, FidelityTally
-    from tessera.pipelines.manipulations import encode_captions, psnr, reconstruct
+    from tessera.pipelines.manipulations import encode_captions, reconstruct
     from tessera.sampling.unclip import decode, embed_images, upsample
 
     torch.set_num_threads(args.threads)
@@ -108,7 +108,7 @@ def main() -> None:
                 autocast=args.autocast,
             )
             seconds["invert_and_decode"] += time.perf_counter() - t0
-            psnrs += psnr(r.images, images)
+            psnrs += psnr(r.images, images).tolist()
             for p, im in zip(prompts, to_uint8(r.images), strict=True):
                 inv_tally.add(p, im)
 

@@ -87,8 +87,9 @@ def test_training_pairs_are_aligned_crops_of_the_target() -> None:
 
 
 def test_crop_positions_do_not_follow_the_timestep(monkeypatch) -> None:
-    """Regression: the pixel and diffusion generators were both seeded with ``step``; on a CPU
-    they then give the same numbers, and each crop's row offset was t mod the number of rows."""
+    """Regression: the pixel and diffusion generators were both seeded alike (with ``step``); on
+    a CPU they then give the same numbers, and each crop's row offset was t mod the number of
+    rows. Both now derive from the batch's seed, with different offsets."""
     # shapes-64: 64 px targets, 16 px crops at even offsets: 25 rows, and 25 divides T = 1000
     cfg = dataclasses.replace(preset("upsampler", "shapes-64"), corrupt_prob=0.0)
     side, crop, k = cfg.image_size, cfg.crop_size, cfg.scale
@@ -114,7 +115,7 @@ def test_crop_positions_do_not_follow_the_timestep(monkeypatch) -> None:
     model.parameters = lambda: iter([torch.zeros(1)])  # type: ignore[attr-defined]
     objective = stage.make_objective(cfg)
     for step in range(1, 11):
-        objective(model, {"images": images}, step)
+        objective(model, {"images": images, "seed": step}, step)
     assert len(offsets) == len(ts) == 80
     same = sum(t % positions == r // k for t, r in zip(ts, offsets, strict=True))
     assert same < 20, same  # independent draws agree 1/25 of the time; the bug gave 80/80

@@ -15,7 +15,8 @@ from tessera.diffusion import diffusion_loss, q_sample, schedule_for
 from tessera.errors import ConfigError
 from tessera.models import decoder as decoder_model
 from tessera.models import upsampler as upsampler_model
-from tessera.models.unet import UNet, count_parameters
+from tessera.models.unet import UNet
+from tessera.nn import count_parameters
 from tessera.nn.unet import AttentionBlock
 
 

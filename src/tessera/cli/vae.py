@@ -49,8 +49,7 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _reconstruct(args: argparse.Namespace) -> int:
-    from tessera.data.images import save_side_by_side
-    from tessera.vae.losses import psnr
+    from tessera.data.images import psnr, save_side_by_side
 
     torch, model, files, images = _load(args)
     out = Path(args.out)

@@ -23,6 +23,7 @@ __all__ = [
     "grid_png",
     "load_images",
     "png_bytes",
+    "psnr",
     "resize_uint8",
     "save_grid",
     "save_side_by_side",
@@ -35,6 +36,13 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return (
         (images.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     )
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB, per row of ``(B, ...)`` tensors in [0, 1] (e.g. images
+    ``(B, 3, H, W)``): ``(B,)`` float32, ``inf`` where the two are identical."""
+    mse = (a.float().cpu() - b.float().cpu()).square().flatten(1).mean(1)
+    return -10.0 * torch.log10(mse)  # log10(0) = -inf: identical rows give inf
 
 
 def resize_uint8(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.config.decoder import DecoderConfig
-from tessera.models.clip import Transformer
-from tessera.models.unet import UNet, count_parameters
+from tessera.models.unet import UNet
+from tessera.nn import count_parameters
+from tessera.nn.transformer import Transformer
 
 PAD_ID = 0  # tessera's tokenizer pads with <pad> = 0, which never occurs inside a caption
 

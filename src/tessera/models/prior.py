@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.config.prior import ARPriorConfig, PriorConfig
-from tessera.models.clip import Transformer
-from tessera.models.unet import count_parameters
+from tessera.nn import count_parameters
 from tessera.nn.masks import causal_mask
+from tessera.nn.transformer import Transformer
 from tessera.nn.unet import timestep_embedding
 
 PAD_ID = 0  # tessera's tokenizer pads with <pad> = 0, which never occurs inside a caption

@@ -149,8 +149,3 @@ class UNet(nn.Module):
                 h = torch.cat([h, hs.pop()], dim=1)
             h = layer(h, e, context, context_mask)
         return self.out(h)
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters (works on the meta device: nothing is allocated)."""
-    return sum(p.numel() for p in module.parameters())

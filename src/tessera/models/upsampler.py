@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from tessera.config.upsampler import UpsamplerConfig
-from tessera.models.unet import UNet, count_parameters
+from tessera.models.unet import UNet
+from tessera.nn import count_parameters
 
 
 class Upsampler(nn.Module):

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tessera.data.images import psnr
 from tessera.errors import DataError
 from tessera.sampling.unclip import decode, embed_images, invert
 
@@ -48,7 +49,6 @@ __all__ = [
     "encode_captions",
     "interpolate",
     "invert_images",
-    "psnr",
     "reconstruct",
     "slerp",
     "text_diff",
@@ -66,12 +66,6 @@ class Reconstruction:
     x_T: torch.Tensor
     z_i: torch.Tensor
     psnr: list[float]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> list[float]:
-    """Per-image PSNR (dB) of images in [0, 1] (B, 3, H, W); identical images give inf."""
-    mse = (a.float().cpu() - b.float().cpu()).square().flatten(1).mean(1)
-    return [float("inf") if m == 0 else float(-10 * torch.log10(m)) for m in mse]
 
 
 def encode_captions(tokenizer: Any, captions: Sequence[str] | None) -> torch.Tensor | None:
@@ -110,7 +104,7 @@ def reconstruct(
         autocast=autocast,
         progress=progress,
     )
-    return Reconstruction(images=out, x_T=x_T, z_i=z_i, psnr=psnr(out, images))
+    return Reconstruction(images=out, x_T=x_T, z_i=z_i, psnr=psnr(out, images).tolist())
 
 
 def _bipartite(

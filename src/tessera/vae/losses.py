@@ -46,12 +46,6 @@ def kl_marginal_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return (q_bar * torch.log(q_bar.clamp_min(1e-12))).sum() + math.log(logits.shape[dim])
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB per image of ``(B, C, H, W)`` tensors in [0, 1]."""
-    mse = ((a.float() - b.float()) ** 2).flatten(1).mean(1).clamp_min(1e-12)
-    return -10.0 * torch.log10(mse)
-
-
 def codebook_stats(logits: torch.Tensor) -> tuple[float, int]:
     """(perplexity of the batch-average code distribution, codes never chosen by argmax).
 

@@ -8,6 +8,7 @@ and :func:`tessera.training.stages.get_stage` looks stages up by name.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,27 @@ class Stage:
     prepare: Callable[[nn.Module, Any, DataSpec], None] | None = None
     needs: tuple[str, ...] = ()
     fit_inputs: Callable[[Any, DataSpec, set[str]], Any] | None = None
+
+
+def append_eval(out_dir: Path, record: dict[str, Any]) -> None:
+    """Add one evaluation record to the run's ``eval.jsonl`` (beside the hook's ``out_dir``)."""
+    with (Path(out_dir).parent / "eval.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def exporter(
+    tokenizer_of: Callable[[Any, DataSpec], Any] | None = None,
+) -> Callable[[nn.Module, Any, Path, DataSpec], Path]:
+    """A stage's ``export``: the release checkpoint (config + weights), with the tokenizer
+    ``tokenizer_of(model config, data)`` its captions use when given."""
+
+    def export(model: nn.Module, cfg: Any, out_dir: Path, data: DataSpec) -> Path:
+        from tessera.checkpoint import save
+
+        tok = None if tokenizer_of is None else tokenizer_of(cfg, data)
+        return save(out_dir, config=cfg, model=model, tokenizer=tok, overwrite=True)
+
+    return export
 
 
 def stage_presets(kind: str) -> dict[str, Callable[[], tuple[Config, TrainConfig]]]:

@@ -9,7 +9,6 @@ every rank are gathered before the loss, so each image's negatives are the whole
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,14 @@ from tessera.models.clip import (
 )
 from tessera.training.data import BatchStream, DrawnBatches, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
-from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
+from tessera.training.stages.base import (
+    DataSpec,
+    Objective,
+    Stage,
+    append_eval,
+    exporter,
+    stage_presets,
+)
 
 
 class CaptionedImages(DrawnBatches):
@@ -213,32 +219,19 @@ def make_sample_hook(cfg: CLIPConfig, data: DataSpec) -> Callable[[nn.Module, in
             txt = model.encode_text(held["text"].to(device)).float()
         i2t, t2i = recall_at_k(img @ txt.t(), 1)
         record = {"step": step, "recall1_i2t": i2t, "recall1_t2i": t2i, "pairs": img.shape[0]}
-        with (out_dir.parent / "eval.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_eval(out_dir, record)
 
     return hook
-
-
-def build_model(cfg: CLIPConfig) -> CLIP:
-    return CLIP(cfg)
-
-
-def export(model: nn.Module, cfg: CLIPConfig, out_dir: Path, data: DataSpec) -> Path:
-    """A scoring-ready directory: the model with its tokenizer."""
-    from tessera.checkpoint import save
-
-    tok = load_tokenizer(cfg, data)
-    return save(out_dir, config=cfg, model=model, tokenizer=tok, overwrite=True)
 
 
 STAGE = Stage(
     name="clip",
     model_config_cls=CLIPConfig,
     presets=stage_presets("clip"),
-    build_model=build_model,
+    build_model=CLIP,
     objective=make_objective,
     make_batches=make_batches,
     sample_hook=make_sample_hook,
-    export=export,
+    export=exporter(load_tokenizer),  # a scoring-ready directory: the model + its tokenizer
     needs=("tokenizer",),
 )

@@ -9,7 +9,6 @@ classifier-free guidance needs.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +25,13 @@ from tessera.nn.rng import generator_for
 from tessera.pipelines.dalle import DallePipeline, check_compatible, export_checkpoint
 from tessera.training.data import BatchStream, DrawnBatches, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
-from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
+from tessera.training.stages.base import (
+    DataSpec,
+    Objective,
+    Stage,
+    append_eval,
+    stage_presets,
+)
 
 
 class TokenBatches(DrawnBatches):
@@ -124,14 +129,9 @@ def make_sample_hook(cfg: DalleConfig, data: DataSpec) -> Callable[[nn.Module, i
         pipe = DallePipeline(model=model, vae=assets["vae"], tokenizer=assets["tok"])
         report, samples = generate_and_score(pipe, fidelity_prompts(16), seed=0)
         save_grid(to_uint8(samples.images), samples.prompt_index, out_dir / "samples.png")
-        with (out_dir.parent / "eval.jsonl").open("a") as f:
-            f.write(json.dumps({"step": step, **report}) + "\n")
+        append_eval(out_dir, {"step": step, **report})
 
     return hook
-
-
-def build_model(cfg: DalleConfig) -> DALLE:
-    return DALLE(cfg)
 
 
 def export(model: nn.Module, cfg: DalleConfig, out_dir: Path, data: DataSpec) -> Path:
@@ -146,7 +146,7 @@ STAGE = Stage(
     name="dalle",
     model_config_cls=DalleConfig,
     presets=stage_presets("dalle"),
-    build_model=build_model,
+    build_model=DALLE,
     objective=make_objective,
     make_batches=make_batches,
     sample_hook=make_sample_hook,

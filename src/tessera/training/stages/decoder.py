@@ -11,7 +11,6 @@ a resumed run draws the same ones.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,14 @@ from tessera.nn.rng import generator_for
 from tessera.sampling.unclip import embed_images
 from tessera.training.data import BatchStream, DrawnBatches, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
-from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
+from tessera.training.stages.base import (
+    DataSpec,
+    Objective,
+    Stage,
+    append_eval,
+    exporter,
+    stage_presets,
+)
 
 
 def default_components(data: DataSpec) -> tuple[str, str]:
@@ -192,32 +198,25 @@ def make_sample_hook(cfg: DecoderConfig, data: DataSpec) -> Callable[[nn.Module,
             check_image(img, cap).passed for img, cap in zip(to_uint8(images), held["captions"])
         ]
         record = {"step": step, "checker_pass": sum(passed) / len(passed), "n": len(passed)}
-        with (out_dir.parent / "eval.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_eval(out_dir, record)
 
     return hook
 
 
-def build_model(cfg: DecoderConfig) -> Decoder:
-    return Decoder(cfg)
-
-
-def export(model: nn.Module, cfg: DecoderConfig, out_dir: Path, data: DataSpec) -> Path:
-    """The decoder checkpoint, with the tokenizer its captions use."""
-    from tessera.checkpoint import save
-
-    _, tok = load_frozen(cfg, data)
-    return save(out_dir, config=cfg, model=model, tokenizer=tok, overwrite=True)
+def caption_tokenizer(cfg: Any, data: DataSpec) -> Any:
+    """The tokenizer of the captions a decoder or prior is trained on (its release
+    checkpoint carries it)."""
+    return load_frozen(cfg, data)[1]
 
 
 STAGE = Stage(
     name="decoder",
     model_config_cls=DecoderConfig,
     presets=stage_presets("decoder"),
-    build_model=build_model,
+    build_model=Decoder,
     objective=make_objective,
     make_batches=make_batches,
     sample_hook=make_sample_hook,
-    export=export,
+    export=exporter(caption_tokenizer),
     fit_inputs=fit_to_inputs,
 )

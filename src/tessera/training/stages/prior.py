@@ -15,7 +15,6 @@ on the fresh model before the trainer copies its weights into the EMA.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable
@@ -34,7 +33,14 @@ from tessera.nn.rng import generator_for
 from tessera.sampling.unclip import embed_images
 from tessera.training.data import BatchStream, DrawnBatches, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
-from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
+from tessera.training.stages.base import (
+    DataSpec,
+    Objective,
+    Stage,
+    append_eval,
+    exporter,
+    stage_presets,
+)
 from tessera.training.stages.decoder import default_components, fit_to_inputs
 
 log = logging.getLogger("tessera.train")
@@ -51,6 +57,12 @@ def load_frozen(cfg: PriorConfig | ARPriorConfig, data: DataSpec) -> tuple[Any, 
     tok = load(tok_dir, kind="tokenizer")
     check_compatible(cfg, clip, tok)
     return clip, tok
+
+
+def caption_tokenizer(cfg: PriorConfig | ARPriorConfig, data: DataSpec) -> Any:
+    """The tokenizer of the prior's captions, saved in its release checkpoint (the AR prior's
+    PCA and buckets are buffers in its weights)."""
+    return load_frozen(cfg, data)[1]
 
 
 def check_compatible(cfg: PriorConfig | ARPriorConfig, clip: Any, tok: Any) -> None:
@@ -270,21 +282,9 @@ def make_sample_hook(
         z = sample_prior(model, held["text"], held["z_t"], steps=25, generator=g)
         cos = F.cosine_similarity(z.cpu(), held["z_i"], dim=-1)
         record = {"step": step, "cos_z_i": round(float(cos.mean()), 5), "n": len(cos)}
-        with (out_dir.parent / "eval.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_eval(out_dir, record)
 
     return hook
-
-
-def export(
-    model: nn.Module, cfg: PriorConfig | ARPriorConfig, out_dir: Path, data: DataSpec
-) -> Path:
-    """The prior checkpoint (the AR prior's PCA and buckets are buffers in its weights), with
-    the tokenizer its captions use."""
-    from tessera.checkpoint import save
-
-    _, tok = load_frozen(cfg, data)
-    return save(out_dir, config=cfg, model=model, tokenizer=tok, overwrite=True)
 
 
 STAGE = Stage(
@@ -296,7 +296,7 @@ STAGE = Stage(
     objective=make_objective,
     make_batches=make_batches,
     sample_hook=make_sample_hook,
-    export=export,
+    export=exporter(caption_tokenizer),
 )
 
 AR_STAGE = Stage(
@@ -308,6 +308,6 @@ AR_STAGE = Stage(
     objective=make_ar_objective,
     make_batches=make_batches,
     sample_hook=make_sample_hook,
-    export=export,
+    export=exporter(caption_tokenizer),
     prepare=prepare_ar,
 )

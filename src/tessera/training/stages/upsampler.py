@@ -11,7 +11,6 @@ same ones.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,19 @@ from torch import nn
 
 from tessera.config.training import TrainConfig
 from tessera.config.upsampler import UpsamplerConfig
+from tessera.data.images import psnr
 from tessera.models.upsampler import Upsampler
 from tessera.nn.rng import generator_for
 from tessera.training.data import BatchStream, DrawnBatches, source_image_batches
 from tessera.training.distributed import DistContext
-from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
+from tessera.training.stages.base import (
+    DataSpec,
+    Objective,
+    Stage,
+    append_eval,
+    exporter,
+    stage_presets,
+)
 
 
 def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -146,31 +153,20 @@ def make_sample_hook(
         out = upsample(model, downsample(held["images"], cfg.low_res_size), generator=g)
         out_dir.mkdir(parents=True, exist_ok=True)
         save_side_by_side(held["images"], out, out_dir / f"upsampler_{step:07d}.png")
-        mse = float((out.cpu() - held["images"]).square().mean())
-        record = {"step": step, "psnr": -10 * torch.log10(torch.tensor(mse)).item()}
-        with (out_dir.parent / "eval.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        batch_psnr = psnr(out.reshape(1, -1), held["images"].reshape(1, -1))  # the whole batch
+        record = {"step": step, "psnr": float(batch_psnr[0])}
+        append_eval(out_dir, record)
 
     return hook
-
-
-def build_model(cfg: UpsamplerConfig) -> Upsampler:
-    return Upsampler(cfg)
-
-
-def export(model: nn.Module, cfg: UpsamplerConfig, out_dir: Path, data: DataSpec) -> Path:
-    from tessera.checkpoint import save
-
-    return save(out_dir, config=cfg, model=model, overwrite=True)
 
 
 STAGE = Stage(
     name="upsampler",
     model_config_cls=UpsamplerConfig,
     presets=stage_presets("upsampler"),
-    build_model=build_model,
+    build_model=Upsampler,
     objective=make_objective,
     make_batches=make_batches,
     sample_hook=make_sample_hook,
-    export=export,
+    export=exporter(),
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,16 +11,23 @@ from torch import nn
 
 from tessera.config.training import TrainConfig
 from tessera.config.vae import VAEConfig
+from tessera.data.images import psnr
 from tessera.training.data import BatchStream, source_image_batches
 from tessera.training.distributed import DistContext
 from tessera.training.schedules import cosine
-from tessera.training.stages.base import DataSpec, Objective, Stage, stage_presets
+from tessera.training.stages.base import (
+    DataSpec,
+    Objective,
+    Stage,
+    append_eval,
+    exporter,
+    stage_presets,
+)
 from tessera.vae.losses import (
     codebook_stats,
     kl_marginal_to_uniform,
     kl_to_uniform,
     logit_laplace_nll,
-    psnr,
 )
 from tessera.vae.model import DiscreteVAE
 from tessera.vae.pixels import map_pixels
@@ -181,17 +187,10 @@ def make_sample_hook(
         tokens, rec = reconstruct(model, x)
         used = int(torch.unique(tokens).numel())
         record = {"step": step, "heldout_psnr": float(psnr(rec, x).mean()), "codes_used": used}
-        with (out_dir.parent / "eval.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_eval(out_dir, record)
         save_side_by_side(x[:16], rec[:16], out_dir / f"recon-{step:08d}.png")
 
     return hook
-
-
-def export(model: nn.Module, cfg: VAEConfig, out_dir: Path, data: DataSpec | None = None) -> Path:
-    from tessera.checkpoint import save
-
-    return save(out_dir, config=cfg, model=model, overwrite=True)
 
 
 STAGE = Stage(
@@ -202,5 +201,5 @@ STAGE = Stage(
     objective=make_objective,
     make_batches=make_batches,
     sample_hook=make_sample_hook,
-    export=export,
+    export=exporter(),
 )
