@@ -34,7 +34,7 @@ What is timed (tessera):
          with ``Adam``, fp32.
   gen    ``generate_image_tokens`` for ``--gen-batch`` 4 prompts, all image tokens, top-k with
          k = ceil(0.1 * image_vocab) (the peer: ``filter_thres=0.9``): KV cache on in fp32 and
-         bf16 autocast, eager and compiled (``SamplingConfig(compile=True)``), and off (fp32);
+         bf16 autocast, eager and compiled (``DalleSampling(compile=True)``), and off (fp32);
          one warm-up call that samples only the last 4 tokens (and compiles the step).
          The peer: ``generate_images`` as shipped (``default``) and with its KV cache patched in
          (``cache_patched``); its time also includes the dVAE decode of the 4 images.
@@ -427,10 +427,11 @@ def measure_gen(
     """(entry, tokens of the last call) for one sampler setting."""
     import torch
 
-    from tessera.sampling.sample import SamplingConfig, generate_image_tokens
+    from tessera.config.sampling import DalleSampling
+    from tessera.sampling.sample import generate_image_tokens
 
     k = math.ceil(args.top_k_frac * cfg.image_vocab)
-    settings = SamplingConfig(top_k=k, use_cache=use_cache, compile=compiled)
+    settings = DalleSampling(top_k=k, use_cache=use_cache, compile=compiled)
     b, n = text.shape[0], cfg.image_len
     repeats = args.gen_repeats or (3 if n <= 64 else 1)
     with precision_ctx(precision):  # warm-up: prefill + the last 4 tokens (compiles)
@@ -541,7 +542,8 @@ def _profile(pcfg: dict, args: argparse.Namespace) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from tessera.sampling.sample import SamplingConfig, generate_image_tokens
+    from tessera.config.sampling import DalleSampling
+    from tessera.sampling.sample import generate_image_tokens
 
     cfg = preset_config(pcfg, pcfg["variants"][0])
     compiled = not args.no_compile
@@ -555,7 +557,7 @@ def _profile(pcfg: dict, args: argparse.Namespace) -> dict:
     model = build_model(cfg, args.seed).eval()
     text = text_batch(cfg, args.gen_batch, torch.Generator().manual_seed(args.seed + 1))
     k = math.ceil(args.top_k_frac * cfg.image_vocab)
-    settings = SamplingConfig(top_k=k, compile=compiled)
+    settings = DalleSampling(top_k=k, compile=compiled)
     with precision_ctx("bf16"):
         generate_image_tokens(model, text, settings=settings)
         with profile(activities=[ProfilerActivity.CPU]) as p:
@@ -569,13 +571,14 @@ def candidate_sampling(pcfg: dict, args: argparse.Namespace, n: int) -> dict:
     only: no dVAE decode, no CLIP reranking), compiled bf16 (eager bf16 too when --no-compile)."""
     import torch
 
-    from tessera.sampling.sample import SamplingConfig, generate_image_tokens
+    from tessera.config.sampling import DalleSampling
+    from tessera.sampling.sample import generate_image_tokens
 
     cfg = preset_config(pcfg, pcfg["variants"][0])
     model = build_model(cfg, args.seed).eval()
     text = text_batch(cfg, 1, torch.Generator().manual_seed(args.seed + 1)).expand(n, -1)
     k = math.ceil(args.top_k_frac * cfg.image_vocab)
-    settings = SamplingConfig(top_k=k, compile=not args.no_compile)
+    settings = DalleSampling(top_k=k, compile=not args.no_compile)
     with precision_ctx("bf16"):
         prefix = torch.zeros(n, cfg.image_len - 4, dtype=torch.long)
         generate_image_tokens(model, text, settings=settings, prefix=prefix)  # warm-up

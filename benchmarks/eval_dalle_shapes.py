@@ -46,11 +46,11 @@ def main() -> None:
 
     import torch
 
+    from tessera.config.sampling import DalleSampling
     from tessera.config.shapes import ShapesConfig
     from tessera.data.shapes import ShapesSource, check_image
     from tessera.evaluation.fidelity import fidelity_prompts, generate_and_score
     from tessera.pipelines import load_pipeline
-    from tessera.sampling.sample import SamplingConfig
 
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.pipeline)
@@ -58,7 +58,7 @@ def main() -> None:
         from tessera.sampling.rerank import load_scorer
 
         pipe.reranker = load_scorer(args.clip)
-    settings = SamplingConfig(
+    settings = DalleSampling(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, guidance=args.guidance
     )
     t0 = time.perf_counter()

@@ -120,8 +120,9 @@ def check_figures(device: str, quick: bool) -> dict:
 
     from bench_dalle import train_step  # the same timed unit as the CPU benchmark
     from tessera.config.dalle import DalleConfig
+    from tessera.config.sampling import DalleSampling
     from tessera.models.dalle import DALLE, prepare_text
-    from tessera.sampling.sample import SamplingConfig, generate_image_tokens
+    from tessera.sampling.sample import generate_image_tokens
 
     grid, layers = (4, 2) if quick else (16, 8)
     cfg = DalleConfig(text_vocab=10000, text_len=64, image_vocab=8192, grid_size=grid,
@@ -155,7 +156,7 @@ def check_figures(device: str, quick: bool) -> dict:
     model = DALLE(cfg).to(dev).eval()
     k = math.ceil(0.1 * 8192)
     for compiled in (False, True):
-        s = SamplingConfig(top_k=k, compile=compiled)
+        s = DalleSampling(top_k=k, compile=compiled)
         with torch.autocast(dev.type, dtype=torch.bfloat16):
             t4 = text(4)
             generate_image_tokens(model, t4, settings=s)  # warm-up (compiles)
@@ -166,7 +167,7 @@ def check_figures(device: str, quick: bool) -> dict:
         key = "gen_bf16" + ("_compiled" if compiled else "")
         out[key + "_image_tokens_per_s"] = round(4 * cfg.image_len / (time.perf_counter() - t), 1)
     n = 16 if quick else 512
-    s = SamplingConfig(top_k=k, compile=True)
+    s = DalleSampling(top_k=k, compile=True)
     with torch.autocast(dev.type, dtype=torch.bfloat16):
         tn = text(1).expand(n, -1)
         generate_image_tokens(model, tn, settings=s)

@@ -171,6 +171,7 @@ def test_page_drives_each_loaded_model_in_turn(browser, tmp_path) -> None:
     import json
 
     from helpers.serve import build_tiny_pipeline, build_tiny_unclip_pipeline
+    from tessera.apps.serve.service import served_specs
     from tessera.pipelines import load_pipeline
 
     models = {
@@ -199,6 +200,16 @@ def test_page_drives_each_loaded_model_in_turn(browser, tmp_path) -> None:
             if steps:
                 page.fill("#steps", "3")
             page.fill("#seed", "5")
+            # the model's own settings, one input each, derived from its settings dataclass
+            own = {s.name for s in served_specs(models[name])} - {"guidance", "decoder_guidance"}
+            shown = page.eval_on_selector_all(
+                "#settings-fields [data-setting]", "els => els.map(e => e.dataset.setting)"
+            )
+            assert set(shown) == own - {"decoder_steps"}, shown
+            if not page.evaluate("() => document.querySelector('#settings-panel').open"):
+                page.click("#settings-panel summary")
+            changed = ("#setting-top_k", "3") if name == "dalle" else ("#setting-prior_steps", "3")
+            page.fill(*changed)
             page.evaluate("() => document.querySelector('#results').replaceChildren()")
             _generate(page, "a red circle", 2)
             assert _decoded(page) == [32, 32]
@@ -206,6 +217,8 @@ def test_page_drives_each_loaded_model_in_turn(browser, tmp_path) -> None:
             body = sent[-1]
             assert body["model"] == name and body["guidance"] == 2
             assert ("steps" in body) is steps and (body.get("steps") == 3 or not steps)
+            key = changed[0].removeprefix("#setting-")
+            assert body[key] == 3 and not set(body) & (own - {key, "decoder_steps"})
         assert len(sent) == 3
         assert all(u.startswith(base) or u.startswith("data:") for u in seen["requests"])
         assert not [e for e in seen["errors"] if "Failed to load resource" not in e], seen

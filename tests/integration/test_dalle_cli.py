@@ -105,7 +105,7 @@ def test_image_prompt_keeps_the_top_rows(pipeline, tmp_path) -> None:
     ("extra", "message"),
     [
         (["--keep-rows", "0", "--image-prompt", "x.png"], "--image-prompt needs --keep-rows"),
-        (["--top-p", "0"], "top_p must be in"),
+        (["--top-p", "0"], "top_p must be > 0, got 0.0"),
     ],
 )
 def test_bad_generate_arguments_are_one_line_errors(

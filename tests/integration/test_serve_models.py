@@ -126,13 +126,17 @@ def test_unclip_takes_the_pages_guidance_field(client) -> None:
         ("dalle", {"steps": 10}, "steps: model 'dalle' (dalle) does not take steps"),
         ("unclip", {"steps": 1}, "steps (decoder_steps): decoder_steps must be >= 2, got 1"),
         ("unclip", {"steps": 10_000}, "steps must be between 1 and 250"),
-        ("dalle", {"guidance": -1}, "guidance must be between 0 and 50"),
+        ("dalle", {"guidance": -1}, "guidance: Input should be greater than or equal to 0"),
         ("unclip", {"guidance": 51}, "guidance must be between 0 and 50"),
         ("unclip", {"candidates": 999}, "and 64, got 999"),
         ("dalle", {"n": 0}, "n must be between 1 and 16, got 0"),
         ("unclip", {"seed": 2**32}, "seed must be between 0 and"),
-        ("unclip", {"temperature": 0.5}, "Extra inputs are not permitted"),
-        ("dalle", {"decoder_guidance": 2}, "Extra inputs are not permitted"),
+        ("unclip", {"temperature": 0.5}, "temperature: model 'unclip' (unclip) does not take"),
+        ("dalle", {"decoder_guidance": 2}, "decoder_guidance: model 'dalle' (dalle) does not"),
+        ("unclip", {"guidance": 2, "decoder_guidance": 3}, "set the same setting"),
+        ("unclip", {"prior_steps": 999}, "prior_steps must be between 1 and 250"),
+        ("unclip", {"prior_kind": "lstm"}, "prior_kind: Input should be 'diffusion' or 'ar'"),
+        ("dalle", {"compile": True}, "Extra inputs are not permitted"),  # the operator's
     ],
 )
 def test_fields_a_model_cannot_use_are_422_naming_them(client, model, fields, message) -> None:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from tessera.config.dalle import DalleConfig
+from tessera.config.sampling import DalleSampling
 from tessera.models.dalle import DALLE, prepare_text
-from tessera.sampling.sample import SamplingConfig, generate_image_tokens
+from tessera.sampling.sample import generate_image_tokens
 
 
 def _model(attention: str = "sparse", seed: int = 0) -> DALLE:
@@ -83,10 +84,10 @@ def test_training_forward_uses_the_whole_stream_without_changing_the_loss() -> N
 def test_compiled_sampling_draws_the_eager_tokens_and_follows_weight_changes() -> None:
     model = _model("sparse")
     text = _text(model, 3)
-    eager = SamplingConfig(top_k=6, guidance=2.0)
-    fast = SamplingConfig(top_k=6, guidance=2.0, compile=True)
+    eager = DalleSampling(top_k=6, guidance=2.0)
+    fast = DalleSampling(top_k=6, guidance=2.0, compile=True)
 
-    def run(s: SamplingConfig) -> torch.Tensor:
+    def run(s: DalleSampling) -> torch.Tensor:
         return generate_image_tokens(
             model, text, settings=s, generator=torch.Generator().manual_seed(3)
         )
@@ -119,7 +120,7 @@ def test_compiled_training_forward_gives_the_eager_loss_and_gradients() -> None:
 
 def test_compile_needs_the_cache() -> None:
     with pytest.raises(ValueError, match="compile needs use_cache"):
-        SamplingConfig(compile=True, use_cache=False)
+        DalleSampling(compile=True, use_cache=False)
 
 
 def test_a_compiler_failure_is_one_line(monkeypatch) -> None:
@@ -139,4 +140,4 @@ def test_a_compiler_failure_is_one_line(monkeypatch) -> None:
         match=r"^compiling the sampling step failed \(RuntimeError: "
         r"InvalidCxxCompiler: no working C\+\+ compiler found\); sample without",
     ):
-        generate_image_tokens(model, _text(model), settings=SamplingConfig(compile=True))
+        generate_image_tokens(model, _text(model), settings=DalleSampling(compile=True))

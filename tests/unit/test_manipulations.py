@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tessera.config.presets import preset
+from tessera.config.sampling import UnclipSampling
 from tessera.errors import DataError
 from tessera.models.clip import CLIP
 from tessera.models.decoder import Decoder
@@ -25,7 +26,7 @@ from tessera.pipelines.manipulations import (
     text_diff,
     variations,
 )
-from tessera.pipelines.unclip import UnclipPipeline, UnclipSettings
+from tessera.pipelines.unclip import UnclipPipeline
 
 STEPS = 4
 
@@ -110,7 +111,7 @@ def parts() -> dict:
 def _pipe(parts: dict, upsampled: bool) -> UnclipPipeline:
     kw = {k: v for k, v in parts.items() if k != "upsampler"}
     ups = [parts["upsampler"]] if upsampled else []
-    settings = UnclipSettings(decoder_steps=STEPS, upsampler_steps=2, decoder_guidance=3.0)
+    settings = UnclipSampling(decoder_steps=STEPS, upsampler_steps=2, decoder_guidance=3.0)
     return UnclipPipeline(**kw, upsamplers=ups, settings=settings)
 
 

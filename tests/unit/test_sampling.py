@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tessera.config.dalle import DalleConfig
+from tessera.config.sampling import DalleSampling
 from tessera.models.dalle import DALLE, prepare_text
 from tessera.sampling.filters import (
     apply_temperature,
@@ -17,7 +18,7 @@ from tessera.sampling.filters import (
     top_k,
     top_p,
 )
-from tessera.sampling.sample import SamplingConfig, generate_image_tokens
+from tessera.sampling.sample import generate_image_tokens
 
 INF = float("-inf")
 
@@ -92,12 +93,12 @@ def test_cached_and_uncached_sampling_give_identical_tokens(
     text = _text(model)
     kw = dict(temperature=0.9, top_k=8, guidance=guidance)
     a = generate_image_tokens(
-        model, text, settings=SamplingConfig(**kw), generator=torch.Generator().manual_seed(3)
+        model, text, settings=DalleSampling(**kw), generator=torch.Generator().manual_seed(3)
     )
     b = generate_image_tokens(
         model,
         text,
-        settings=SamplingConfig(**kw, use_cache=False),
+        settings=DalleSampling(**kw, use_cache=False),
         generator=torch.Generator().manual_seed(3),
     )
     assert a.shape == (3, 16)
@@ -139,13 +140,13 @@ def test_guidance_zero_samples_the_unconditional_stream() -> None:
     text = _text(model)
     g = torch.Generator().manual_seed(0)
     out = generate_image_tokens(
-        model, text, settings=SamplingConfig(guidance=0.0, top_k=1), generator=g
+        model, text, settings=DalleSampling(guidance=0.0, top_k=1), generator=g
     )
     assert (out == out[0]).all()
 
 
 def test_sampling_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="top_p"):
-        SamplingConfig(top_p=0.0)
+        DalleSampling(top_p=0.0)
     with pytest.raises(ValueError, match="temperature"):
-        SamplingConfig(temperature=-1.0)
+        DalleSampling(temperature=-1.0)

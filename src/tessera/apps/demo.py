@@ -106,7 +106,7 @@ def run_generation_demo(
         raise CheckpointError(f"{path} has no CLIP to rerank with; pass --clip DIR")
     settings = pipe.settings
     if guidance is not None:  # the generic knob: DALL·E's guidance, unCLIP's decoder's
-        target = getattr(pipe, "setting_aliases", {}).get("guidance", "guidance")
+        target = getattr(pipe.settings, "aliases", {}).get("guidance", "guidance")
         settings = dataclasses.replace(settings, **{target: guidance})
     prompts = [p for p, _ in DEMO_PROMPTS]
     samples = pipe.generate(prompts, n=candidates, keep=keep, settings=settings, seed=seed)

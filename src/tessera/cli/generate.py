@@ -35,36 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="seed of every random draw: same seed and flags, same images (default 0)",
     )
-    # Sampling flags default to the pipeline's own settings (stored in its model_index.json).
-    p.add_argument("--temperature", type=float, help="(default: the pipeline's, else 1)")
-    p.add_argument("--top-k", type=int, help="0 keeps all tokens (default: the pipeline's)")
-    p.add_argument("--top-p", type=float, help="nucleus mass; 1 keeps all (default: pipeline's)")
-    p.add_argument("--threshold", type=float, help="min probability / max prob.")
-    p.add_argument(
-        "--guidance",
-        type=float,
-        help="classifier-free guidance scale (1: none); unCLIP: the decoder's, as "
-        "--decoder-guidance (default: the pipeline's)",
-    )
-    # unCLIP flags (default: the pipeline's own settings)
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        default=None,
-        help="DALL·E: compile the per-token step (one-off ~30 s, then ~2-3x faster per token)",
-    )
+    add_sampling_flags(p)
     p.add_argument(
         "--precision",
         choices=("fp32", "bf16"),
         help="DALL·E: token sampling precision (bf16 autocast; default fp32)",
     )
-    p.add_argument("--prior-kind", choices=("diffusion", "ar"), help="unCLIP: which prior")
-    p.add_argument("--prior-guidance", type=float, help="unCLIP: the prior's guidance scale")
-    p.add_argument("--prior-steps", type=int, help="unCLIP: DDIM steps of the diffusion prior")
-    p.add_argument("--decoder-guidance", type=float, help="unCLIP: the decoder's guidance")
-    p.add_argument("--decoder-steps", type=int, help="unCLIP: steps of the decoder")
-    p.add_argument("--decoder-sampler", choices=("ddim", "ddpm"), help="unCLIP: its sampler")
-    p.add_argument("--upsampler-steps", type=int, help="unCLIP: DDIM steps of each upsampler")
     p.add_argument("--image-prompt", help="image whose top rows are kept")
     p.add_argument("--keep-rows", type=int, default=0, help="token rows of the image prompt kept")
     p.add_argument("--batch-size", type=int, default=64, help="streams sampled at once")
@@ -94,13 +70,7 @@ def _generate(args: argparse.Namespace) -> int:
     if options and pipeline_kind(args.model) != "dalle":
         raise ConfigError("--vae and --clip apply to DALL·E pipelines only")
     pipe = load_pipeline(args.model, **options)  # shipped names resolve there
-    flags = _flags(args, pipe.kind, getattr(pipe, "setting_aliases", {}))
-    try:
-        settings = dataclasses.replace(
-            pipe.settings, **{k: v for k, v in flags.items() if v is not None}
-        )
-    except (ValueError, ConfigError) as e:
-        raise ConfigError(str(e)) from None
+    settings = dataclasses.replace(pipe.settings, **_flags(args, pipe.settings, pipe.kind))
     n, keep = _candidates(args, "rerank" in pipe.capabilities)
     if getattr(pipe, "reranker", None) is not None:
         pipe.reranker.batch_size = args.batch_size
@@ -129,47 +99,61 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _flags(
-    args: argparse.Namespace, kind: str, aliases: dict[str, str] | None = None
-) -> dict[str, object]:
-    """The sampling flags given, as settings of the pipeline's kind (others are an error).
-    ``--guidance`` is the generic knob: it sets the setting the pipeline's ``setting_aliases``
-    name (unCLIP: ``decoder_guidance``), as the server's ``guidance`` field does."""
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per sampling setting of every pipeline kind, derived from
+    :mod:`tessera.config.sampling` (name, type, choices, help); each defaults to the pipeline's
+    own settings (stored in its ``model_index.json``)."""
+    from tessera.config.sampling import setting_specs, settings_class
+
+    kinds: dict[str, list[str]] = {}
+    specs = {}
+    for kind in ("dalle", "unclip"):
+        for spec in setting_specs(settings_class(kind)):
+            kinds.setdefault(spec.name, []).append(kind)
+            specs.setdefault(spec.name, spec)
+    group = p.add_argument_group("sampling (default: the pipeline's own settings)")
+    for name, spec in specs.items():
+        where = (
+            "DALL·E" if kinds[name] == ["dalle"] else "unCLIP" if kinds[name] == ["unclip"] else ""
+        )
+        help_ = f"{where + ': ' if where else ''}{spec.help} (built-in default {spec.default})"
+        for kind in ("dalle", "unclip"):  # a generic knob that sets another kind's own field
+            target = settings_class(kind).aliases.get(name)
+            if target and target != name:
+                help_ += f"; on {kind}: sets --{target.replace('_', '-')}"
+        if spec.type == "bool":
+            group.add_argument(spec.flag, action=argparse.BooleanOptionalAction, help=help_)
+        elif spec.type == "choice":
+            group.add_argument(spec.flag, choices=spec.choices, help=help_)
+        else:
+            group.add_argument(spec.flag, type={"int": int, "float": float}[spec.type], help=help_)
+    group.set_defaults(**{name: None for name in specs})
+
+
+def _flags(args: argparse.Namespace, settings: object, kind: str) -> dict[str, object]:
+    """The sampling flags given, as fields of the pipeline's settings (a flag of another
+    kind's settings is an error). A generic knob (``--guidance``) sets the field the settings'
+    ``aliases`` name (unCLIP: ``decoder_guidance``), as the server's fields do."""
+    import dataclasses
+
+    from tessera.config.sampling import setting_specs, settings_class
     from tessera.errors import ConfigError
 
-    target = (aliases or {}).get("guidance", "guidance")
-    if args.guidance is not None and target != "guidance":
-        own = getattr(args, target, None)
-        if own is not None and own != args.guidance:
-            flag = "--" + target.replace("_", "-")
-            raise ConfigError(f"--guidance sets {flag} on a {kind} pipeline: give one of them")
-        setattr(args, target, args.guidance)
-        args.guidance = None
-    dalle = {
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "threshold": args.threshold,
-        "guidance": args.guidance,
-        "compile": args.compile,
-        "precision": args.precision,
-    }
-    unclip = {
-        "prior_kind": args.prior_kind,
-        "prior_guidance": args.prior_guidance,
-        "prior_steps": args.prior_steps,
-        "decoder_guidance": args.decoder_guidance,
-        "decoder_steps": args.decoder_steps,
-        "decoder_sampler": args.decoder_sampler,
-        "upsampler_steps": args.upsampler_steps,
-    }
-    mine, other = (dalle, unclip) if kind == "dalle" else (unclip, dalle)
-    wrong = [k for k, v in other.items() if v is not None]
+    every = {s.name for k in ("dalle", "unclip") for s in setting_specs(settings_class(k))}
+    given = {n: getattr(args, n) for n in every if getattr(args, n, None) is not None}
+    mine = {f.name for f in dataclasses.fields(settings)}  # type: ignore[arg-type]
+    for generic, target in getattr(settings, "aliases", {}).items():
+        if generic in given and target != generic:
+            value = given.pop(generic)
+            if given.get(target, value) != value:
+                flag = "--" + target.replace("_", "-")
+                raise ConfigError(f"--{generic} sets {flag} on a {kind} pipeline: give one of them")
+            given[target] = value
+    wrong = sorted(n for n in given if n not in mine)
     if wrong or (kind != "dalle" and args.image_prompt):
         names = ", ".join("--" + k.replace("_", "-") for k in wrong) or "--image-prompt"
         raise ConfigError(f"{names} do(es) not apply to a {kind} pipeline")
-    mine.pop("precision", None)  # an argument of generate(), not a sampling setting
-    return mine
+    return given
 
 
 def _candidates(args: argparse.Namespace, reranks: bool) -> tuple[int, int | None]:

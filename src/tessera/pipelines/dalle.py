@@ -18,16 +18,17 @@ from typing import Any, ClassVar
 
 import torch
 
+from tessera.config.sampling import DalleSampling
 from tessera.errors import CheckpointError, ConfigError, DataError
 from tessera.models.dalle import DALLE, prepare_text, warn_truncated
 from tessera.nn.rng import generator_for, module_device
 from tessera.pipelines.base import ComponentRef, PipelineIndex, Samples, rerank, write_index
 from tessera.sampling.rerank import Reranker, load_scorer
-from tessera.sampling.sample import SamplingConfig, generate_image_tokens
+from tessera.sampling.sample import generate_image_tokens
 
 __all__ = ["DallePipeline", "check_compatible", "export_checkpoint", "save_pipeline"]
 
-_SETTINGS = {f.name for f in dataclasses.fields(SamplingConfig)}
+_SETTINGS = {f.name for f in dataclasses.fields(DalleSampling)}
 
 
 def check_compatible(cfg: Any, vae: Any, tokenizer: Any) -> None:
@@ -46,11 +47,11 @@ def check_compatible(cfg: Any, vae: Any, tokenizer: Any) -> None:
         )
 
 
-def sampling_config(defaults: dict[str, Any], where: str) -> SamplingConfig:
-    """The :class:`SamplingConfig` stored in a pipeline's defaults (unknown keys ignored:
+def sampling_config(defaults: dict[str, Any], where: str) -> DalleSampling:
+    """The :class:`DalleSampling` stored in a pipeline's defaults (unknown keys ignored:
     other pipeline-level defaults such as ``candidates`` live beside them)."""
     try:
-        return SamplingConfig(**{k: v for k, v in defaults.items() if k in _SETTINGS})
+        return DalleSampling(**{k: v for k, v in defaults.items() if k in _SETTINGS})
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: bad sampling defaults: {e}") from None
 
@@ -68,15 +69,10 @@ class DallePipeline:
     vae: Any
     tokenizer: Any
     reranker: Reranker | None = None
-    settings: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    settings: DalleSampling = dataclasses.field(default_factory=DalleSampling)
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     kind: ClassVar[str] = "dalle"
-    # the generic sampling knobs of front ends (the server's request fields, the page's
-    # inputs, ``tessera generate --guidance``) -> this pipeline's own settings field; a
-    # generic knob missing here (``steps``: DALL·E draws tokens, it has no denoising steps)
-    # is refused by name, never guessed
-    setting_aliases: ClassVar[dict[str, str]] = {"guidance": "guidance"}
 
     @property
     def image_size(self) -> int:
@@ -119,7 +115,7 @@ class DallePipeline:
         n: int = 1,
         seed: int = 0,
         keep: int | None = None,
-        settings: SamplingConfig | None = None,
+        settings: DalleSampling | None = None,
         image_prompt: torch.Tensor | None = None,
         keep_rows: int = 0,
         batch_size: int = 64,

@@ -5,7 +5,7 @@ A pipeline folder (``model_index.json``, pipeline kind ``"unclip"``) holds ``tok
 ``clip/`` (with its tokenizer), one or both priors (``prior/``: the diffusion prior, kind
 ``prior``; ``ar_prior/``: the autoregressive one, kind ``ar_prior``), ``decoder/`` and
 ``upsampler_1/``, ``upsampler_2/``, ... (applied in order), plus the sampling defaults
-(:class:`UnclipSettings`) chosen for it.
+(:class:`UnclipSampling`) chosen for it.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from typing import Any, ClassVar
 
 import torch
 
+from tessera.config.sampling import UnclipSampling
 from tessera.errors import CheckpointError, ConfigError, DataError
 from tessera.pipelines.base import ComponentRef, PipelineIndex, Samples, rerank, write_index
 from tessera.sampling.rerank import CLIPScorer
 from tessera.sampling.unclip import decode, upsample
 
-__all__ = ["PRIOR_KINDS", "UnclipPipeline", "UnclipSettings", "save_unclip_pipeline"]
+__all__ = ["PRIOR_KINDS", "UnclipPipeline", "save_unclip_pipeline", "settings_from_defaults"]
 
 # --prior-kind value -> (folder role, checkpoint kind)
 PRIOR_KINDS: dict[str, tuple[str, str]] = {
@@ -32,53 +33,13 @@ PRIOR_KINDS: dict[str, tuple[str, str]] = {
 }
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class UnclipSettings:
-    """How an unCLIP pipeline samples.
-
-    prior_kind: which prior samples z_i: ``diffusion`` or ``ar`` (the folder must hold it).
-    prior_steps / prior_guidance / prior_candidates: DDIM steps of the diffusion prior (the
-      paper: 64), its classifier-free guidance scale ("guiding the prior hurt": 1) and the
-      samples drawn per caption, keeping the one closest to the text embedding (paper: 2).
-    decoder_sampler / decoder_steps / decoder_guidance / eta: the decoder's sampler (``ddim``,
-      or ``ddpm``: ancestral with its learned variance, the paper's choice with 250 strided
-      steps), its steps and guidance (karlo: 25 and 8; the paper's COCO runs: guidance 1.25)
-      and DDIM's eta (0: deterministic given x_T).
-    upsampler_steps: DDIM steps of every upsampler (paper: 27 and 15; karlo: 7).
-    """
-
-    prior_kind: str = "diffusion"
-    prior_steps: int = 25
-    prior_guidance: float = 1.0
-    prior_candidates: int = 2
-    decoder_sampler: str = "ddim"
-    decoder_steps: int = 25
-    decoder_guidance: float = 3.0
-    eta: float = 0.0
-    upsampler_steps: int = 7
-
-    def __post_init__(self) -> None:
-        for name in ("prior_steps", "decoder_steps", "upsampler_steps"):
-            if getattr(self, name) < 2:
-                raise ConfigError(f"{name} must be >= 2, got {getattr(self, name)}")
-        if self.prior_kind not in PRIOR_KINDS:
-            raise ConfigError(
-                f"prior_kind must be one of {', '.join(PRIOR_KINDS)}, got {self.prior_kind!r}"
-            )
-        if self.decoder_sampler not in ("ddim", "ddpm"):
-            raise ConfigError(f"decoder_sampler must be ddim or ddpm, got {self.decoder_sampler!r}")
-        if self.prior_candidates < 1:
-            raise ConfigError(f"prior_candidates must be >= 1, got {self.prior_candidates}")
-        if self.prior_guidance < 0 or self.decoder_guidance < 0 or not 0 <= self.eta <= 1:
-            raise ConfigError("guidance scales must be >= 0 and eta in [0, 1]")
-
-    @classmethod
-    def from_defaults(cls, defaults: dict[str, Any], where: str) -> UnclipSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        try:
-            return cls(**{k: v for k, v in defaults.items() if k in names})
-        except (TypeError, ValueError, ConfigError) as e:
-            raise CheckpointError(f"{where}: bad unCLIP sampling defaults: {e}") from None
+def settings_from_defaults(defaults: dict[str, Any], where: str) -> UnclipSampling:
+    """A folder's stored sampling defaults as settings (a one-line error names the folder)."""
+    names = {f.name for f in dataclasses.fields(UnclipSampling)}
+    try:
+        return UnclipSampling(**{k: v for k, v in defaults.items() if k in names})
+    except (TypeError, ValueError, ConfigError) as e:
+        raise CheckpointError(f"{where}: bad unCLIP sampling defaults: {e}") from None
 
 
 @dataclasses.dataclass
@@ -93,18 +54,10 @@ class UnclipPipeline:
     priors: dict[str, Any]
     decoder: Any
     upsamplers: list[Any] = dataclasses.field(default_factory=list)
-    settings: UnclipSettings = dataclasses.field(default_factory=UnclipSettings)
+    settings: UnclipSampling = dataclasses.field(default_factory=UnclipSampling)
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     kind: ClassVar[str] = "unclip"
-    # the generic sampling knobs of front ends (the server's request fields, the page's
-    # inputs, ``tessera generate --guidance``) -> this pipeline's own settings field: the
-    # decoder's guidance and steps (the prior is not guided by default: "guiding the prior
-    # hurt"; the upsamplers take no guidance)
-    setting_aliases: ClassVar[dict[str, str]] = {
-        "guidance": "decoder_guidance",
-        "steps": "decoder_steps",
-    }
 
     def __post_init__(self) -> None:
         if not self.priors or set(self.priors) - set(PRIOR_KINDS):
@@ -128,7 +81,7 @@ class UnclipPipeline:
             {"text_to_image", "guidance", "rerank", "variations", "interpolation", "text_diff"}
         )
 
-    def prior(self, settings: UnclipSettings | None = None) -> Any:
+    def prior(self, settings: UnclipSampling | None = None) -> Any:
         """The prior ``settings.prior_kind`` names (a one-line error when absent)."""
         kind = (settings or self.settings).prior_kind
         if kind not in self.priors:
@@ -154,7 +107,7 @@ class UnclipPipeline:
         prompts: Sequence[str],
         *,
         generator: torch.Generator | None = None,
-        settings: UnclipSettings | None = None,
+        settings: UnclipSampling | None = None,
     ) -> torch.Tensor:
         """Prior samples z_i (B, D), unit norm, one per prompt."""
         from tessera.sampling.prior import sample_prior
@@ -179,7 +132,7 @@ class UnclipPipeline:
         generator: torch.Generator | None = None,
         x_T: torch.Tensor | None = None,
         eta: float | None = None,
-        settings: UnclipSettings | None = None,
+        settings: UnclipSampling | None = None,
     ) -> torch.Tensor:
         """Image embeddings (B, D) [+ captions] -> images at the pipeline's full size."""
         s = settings or self.settings
@@ -202,7 +155,7 @@ class UnclipPipeline:
         images: torch.Tensor,
         *,
         generator: torch.Generator | None = None,
-        settings: UnclipSettings | None = None,
+        settings: UnclipSampling | None = None,
     ) -> torch.Tensor:
         s = settings or self.settings
         for up in self.upsamplers:
@@ -217,7 +170,7 @@ class UnclipPipeline:
         n: int = 1,
         seed: int = 0,
         keep: int | None = None,
-        settings: UnclipSettings | None = None,
+        settings: UnclipSampling | None = None,
         batch_size: int = 64,
     ) -> Samples:
         """``n`` samples per prompt, every draw from one generator seeded with ``seed`` (on
@@ -310,7 +263,7 @@ class UnclipPipeline:
             },
             decoder=load(sub["decoder"], kind="decoder").eval(),
             upsamplers=[load(sub[r], kind="upsampler").eval() for r in ups],
-            settings=UnclipSettings.from_defaults(index.defaults, str(path)),
+            settings=settings_from_defaults(index.defaults, str(path)),
             defaults=dict(index.defaults),
         )
 
@@ -360,7 +313,7 @@ def save_unclip_pipeline(
         raise ConfigError(f"priors must be a non-empty subset of {', '.join(PRIOR_KINDS)}")
     for prior in priors.values():
         check_components(clip, prior, decoder, upsamplers, tokenizer)
-    UnclipSettings.from_defaults(dict(defaults or {}), "defaults")
+    settings_from_defaults(dict(defaults or {}), "defaults")
     components = {
         "tokenizer": ComponentRef("tokenizer", "tokenizer"),
         "clip": ComponentRef("clip", "clip"),

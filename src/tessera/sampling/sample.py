@@ -18,48 +18,20 @@ the eager run's tokens up to floating-point rounding of the logits.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import weakref
 from collections.abc import Callable
 
 import torch
 
+from tessera.config.sampling import DalleSampling
 from tessera.errors import CompileError
 from tessera.models.dalle import DALLE, empty_text
 from tessera.nn.attention import KVCache
 from tessera.sampling.filters import filter_logits, sample_with
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SamplingConfig:
-    """temperature / top_k / top_p / threshold: logit filters (:mod:`tessera.sampling.filters`).
-    guidance: classifier-free guidance scale; 1 disables it (paper: no guidance).
-    use_cache: KV cache (False re-runs the whole prefix per token; for tests/benchmarks).
-    compile: one compiled graph per token step (needs the cache; see the module docstring)."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    threshold: float = 0.0
-    guidance: float = 1.0
-    use_cache: bool = True
-    compile: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0 <= self.threshold <= 1:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.guidance < 0:
-            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
-        if self.compile and not self.use_cache:
-            raise ValueError("compile needs use_cache (the compiled step reads the KV cache)")
-
-
-def next_token(logits: torch.Tensor, u: torch.Tensor, s: SamplingConfig) -> torch.Tensor:
+def next_token(logits: torch.Tensor, u: torch.Tensor, s: DalleSampling) -> torch.Tensor:
     """Guidance (the first half of the rows conditional, the second unconditional), the
     filters, then one draw per row from uniforms ``u`` ``(B, 1)``; guided: the tokens for both
     halves. Shared by the eager loop and the compiled step."""
@@ -96,7 +68,7 @@ class _DecodeStep(torch.nn.Module):
     _serials = itertools.count()
 
     def __init__(
-        self, model: DALLE, s: SamplingConfig, device_type: str, ac_dtype: torch.dtype | None
+        self, model: DALLE, s: DalleSampling, device_type: str, ac_dtype: torch.dtype | None
     ) -> None:
         super().__init__()
         self.model = model
@@ -144,11 +116,11 @@ def _first_step(
         raise CompileError.failed(
             "compiling the sampling step",
             e,
-            "sample without compile (drop --compile / SamplingConfig.compile)",
+            "sample without compile (drop --compile / DalleSampling.compile)",
         ) from e
 
 
-def compiled_step(model: DALLE, batch: int, s: SamplingConfig, cache: KVCache) -> StepFn:
+def compiled_step(model: DALLE, batch: int, s: DalleSampling, cache: KVCache) -> StepFn:
     """The compiled ``(token, index, u, k, v, biases) -> next token`` step for this model,
     batch (rows, guided streams included), settings and the caller's autocast state."""
     device = model.text_emb.weight.device
@@ -173,7 +145,7 @@ def generate_image_tokens(
     model: DALLE,
     text: torch.Tensor,
     *,
-    settings: SamplingConfig | None = None,
+    settings: DalleSampling | None = None,
     prefix: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -183,7 +155,7 @@ def generate_image_tokens(
       sampling continues from index ``R``.
     generator: the source of every random draw (one uniform per sampled token and stream).
     """
-    s = settings or SamplingConfig()
+    s = settings or DalleSampling()
     cfg = model.config
     b = text.shape[0]
     n = cfg.image_len

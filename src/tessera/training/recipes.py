@@ -54,7 +54,7 @@ UNCLIP_PRESETS: dict[str, dict[str, str]] = {
 }
 
 # Sampling defaults written into the installed pipeline's model_index.json, so that
-# ``tessera generate`` uses them without flags (tessera.sampling.sample.SamplingConfig fields).
+# ``tessera generate`` uses them without flags (tessera.sampling.sample.DalleSampling fields).
 # shapes: chosen with benchmarks/tune_sampling.py on tuning prompts (another data seed than
 # the evaluation's), see the README's table.
 SAMPLING_DEFAULTS: dict[str, dict[str, float | int]] = {
@@ -64,7 +64,7 @@ SAMPLING_DEFAULTS: dict[str, dict[str, float | int]] = {
     "shapes": {"temperature": 0.8, "top_k": 64, "top_p": 1.0, "guidance": 1.5},
     "tiny": {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "guidance": 1.0},
 }
-# unCLIP sampling defaults (tessera.pipelines.unclip.UnclipSettings fields)
+# unCLIP sampling defaults (tessera.pipelines.unclip.UnclipSampling fields)
 UNCLIP_DEFAULTS: dict[str, dict[str, float | int | str]] = {
     "shapes-unclip": {"decoder_guidance": 3.0, "prior_guidance": 1.0, "prior_candidates": 2},
     "tiny-unclip": {"decoder_steps": 4, "prior_steps": 4, "upsampler_steps": 2},

@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from tessera._version import __version__
 from tessera.apps.serve.config import ServeConfig
@@ -56,13 +57,8 @@ def static_dir() -> Path:
     return Path(str(resources.files("tessera.apps.serve") / "static"))
 
 
-class GenerateRequest(BaseModel):
-    """A text-to-image request. Omitted fields take the model's defaults.
-
-    ``guidance`` and ``steps`` are generic names, each set on the chosen model's own setting
-    (listed per model under ``settings`` in /healthz): DALL·E ``guidance`` -> ``guidance``
-    (it has no steps); unCLIP ``guidance`` -> ``decoder_guidance``, ``steps`` ->
-    ``decoder_steps``. A field the chosen model has no use for is a 422 naming it."""
+class _GenerateBase(BaseModel):
+    """A text-to-image request. Omitted fields take the model's defaults (see /healthz)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -75,20 +71,238 @@ class GenerateRequest(BaseModel):
     candidates: int | None = Field(
         None, description="samples drawn, reranked by CLIP, best n kept (default: n)"
     )
-    guidance: float | None = Field(
-        None,
-        description="classifier-free guidance scale (DALL·E: its guidance; unCLIP: the "
-        "decoder's, decoder_guidance)",
-    )
     seed: int | None = Field(None, description="same seed, same images (default: random)")
     steps: int | None = Field(
         None,
-        description="denoising steps (unCLIP: the decoder's, decoder_steps; DALL·E: none, 422)",
+        description="generic: the denoising steps of the model (unCLIP: decoder_steps; "
+        "DALL·E has none: 422)",
     )
+
+
+def _sampling_fields() -> dict[str, Any]:
+    """One optional request field per served sampling setting of every pipeline kind, derived
+    from :mod:`tessera.config.sampling` (type, choices, bounds, help): the schema in /docs
+    follows the settings, and a field the chosen model lacks is refused by name."""
+    from tessera.config.sampling import setting_specs, settings_class
+
+    specs: dict[str, Any] = {}
+    owners: dict[str, list[str]] = {}
+    for kind in ("dalle", "unclip"):
+        for spec in setting_specs(settings_class(kind)):
+            if spec.serve:
+                specs.setdefault(spec.name, spec)
+                owners.setdefault(spec.name, []).append(kind)
+    fields: dict[str, Any] = {}
+    for name, spec in specs.items():
+        hint: Any = (
+            Literal[spec.choices]  # type: ignore[valid-type]
+            if spec.type == "choice"
+            else {"int": int, "float": float, "bool": bool}[spec.type]
+        )
+        note = f"{' and '.join(owners[name])}: {spec.help}"
+        for kind in ("dalle", "unclip"):  # a generic field that sets another kind's own
+            target = settings_class(kind).aliases.get(name)
+            if target and target != name:
+                note += f"; {kind}: sets {target}"
+        bounds = {k: getattr(spec, k) for k in ("ge", "gt", "le") if getattr(spec, k) is not None}
+        fields[name] = (hint | None, Field(None, description=note, **bounds))
+    return fields
+
+
+GenerateRequest = create_model(  # type: ignore[call-overload]
+    "GenerateRequest", __base__=_GenerateBase, **_sampling_fields()
+)
 
 
 def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+@dataclasses.dataclass
+class Server:
+    """What the routes share: the limits, the loaded models and one queue per model."""
+
+    config: ServeConfig
+    models: dict[str, Any]
+    slots: dict[str, ModelSlot]
+
+    def health(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            "status": "ok",
+            "version": __version__,
+            "models": [
+                {**describe(name, pipe), "pending": self.slots[name].pending}
+                for name, pipe in self.models.items()
+            ],
+            "limits": {
+                "max_body_bytes": c.max_body_bytes,
+                "max_image_pixels": c.max_image_pixels,
+                "image_formats": list(c.image_formats),
+                "max_prompt_chars": c.max_prompt_chars,
+                "max_n": c.max_n,
+                "max_candidates": c.max_candidates,
+                "max_steps": c.max_steps,
+                "queue_size": c.queue_size,
+                "request_timeout_s": c.request_timeout_s,
+            },
+        }
+
+    async def submit(self, request: Request, p: Params, fn: Callable[[], dict[str, Any]]) -> Any:
+        """Queue ``fn`` on the model's slot; a JSON answer, or server-sent events."""
+        slot = self.slots[p.model]
+        try:
+            job = slot.submit(fn, cost=p.candidates)
+        except Busy as e:
+            return _error(429, str(e), {"Retry-After": str(e.retry_after)})
+        if "text/event-stream" in request.headers.get("accept", ""):
+            return StreamingResponse(
+                _events(slot, job),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+            )
+        try:
+            return await slot.wait(job)
+        except TimeLimit as e:
+            return _error(504, str(e))
+        except RequestError as e:
+            return _error(e.status, str(e))
+        except Exception as e:  # a fault of the model or of this server: logged once
+            log_fault(e, f"{request.method} {request.url.path} ({p.model})")
+            return _error(500, INTERNAL_ERROR)
+
+
+async def _events(slot: ModelSlot, job: Any) -> AsyncIterator[str]:
+    waiter = asyncio.ensure_future(slot.wait(job))
+    try:
+        while True:
+            yield _sse("progress", slot.progress(job))
+            done, _ = await asyncio.wait({waiter}, timeout=0.25)
+            if done:
+                break
+        try:
+            yield _sse("result", waiter.result())
+        except TimeLimit as e:
+            yield _sse("error", {"status": 504, "detail": str(e)})
+        except RequestError as e:
+            yield _sse("error", {"status": e.status, "detail": str(e)})
+        except Exception as e:  # the answer has started: the fault is an error event
+            log_fault(e, f"event stream ({slot.name})")
+            yield _sse("error", {"status": 500, "detail": INTERNAL_ERROR})
+    finally:
+        waiter.cancel()
+
+
+def _server(request: Request) -> Server:
+    return request.app.state.server
+
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="Status and the loaded models with what each supports")
+def healthz(server: Server = Depends(_server)) -> dict[str, Any]:  # noqa: B008
+    return server.health()
+
+
+@router.post(
+    "/api/generate",
+    summary="Text to images",
+    description=(
+        "Images as base64 PNG, best CLIP score first when the model reranks, each with its CLIP "
+        "score and, for prompts the shapes checker understands, its verdict per claim; the "
+        "answer also gives the model's settings as run. Every field is checked against the "
+        "chosen model: the sampling fields are the models' own settings (each model lists "
+        "its `setting_specs` in /healthz), `guidance` and `steps` are generic and set the "
+        "model's own (DALL·E: `guidance`, no steps; unCLIP: `decoder_guidance`, "
+        "`decoder_steps`), and a field the model has no use for is a 422 naming it; every "
+        "`*steps` field is capped at `max_steps`. An overlong prompt is cut, with a warning in "
+        "`warnings`, for every model alike: past `max_prompt_chars` (/healthz), then past the "
+        "model's text context (`max_prompt_tokens` per model in /healthz). 413: body too large; "
+        "422: a limit or an invalid field (the message names the field and the cap); 429 + "
+        "Retry-After: the model's queue is full; 504: past the time limit; 500: a server fault "
+        "(JSON, no traceback; logged on the server). With `Accept: text/event-stream`: progress "
+        "events, then a result or error event."
+    ),
+)
+async def generate(
+    body: GenerateRequest,  # type: ignore[valid-type]
+    request: Request,
+    server: Server = Depends(_server),  # noqa: B008
+) -> Any:
+    fields = body.model_dump()  # type: ignore[attr-defined]
+    base = {k: fields.pop(k) for k in ("model", "prompt", "n", "candidates", "seed")}
+    try:
+        p = check_params(server.config, server.models, **base, settings=fields)
+    except RequestError as e:
+        return _error(e.status, str(e))
+    pipe = server.models[p.model]
+    return await server.submit(request, p, lambda: run_generation(pipe, p))
+
+
+@router.post(
+    "/api/complete",
+    summary="Image-prompt completion (DALL·E)",
+    description=(
+        "Keeps the top `keep_rows` rows of the uploaded image's token grid and lets the model "
+        "draw the rest from the prompt. The image is resized (shorter side) and centre-cropped "
+        "to the model's size; formats and pixel count are limited (400). Other answers as "
+        "/api/generate."
+    ),
+)
+async def complete(
+    request: Request,
+    image: UploadFile = File(..., description="PNG, JPEG, WebP, GIF or BMP"),  # noqa: B008
+    prompt: str = Form(...),
+    keep_rows: int | None = Form(None, description="token rows kept (default: half)"),
+    model: str | None = Form(None),
+    n: int = Form(1),
+    candidates: int | None = Form(None),
+    guidance: float | None = Form(None),
+    seed: int | None = Form(None),
+    server: Server = Depends(_server),  # noqa: B008
+) -> Any:
+    try:
+        p = check_params(
+            server.config, server.models, model=model, prompt=prompt, n=n,
+            candidates=candidates, seed=seed, settings={"guidance": guidance},
+        )  # fmt: skip
+        pipe = server.models[p.model]
+        rows = describe(p.model, pipe).get("image_prompt_rows")
+        if rows is None:
+            raise RequestError(422, f"model {p.model!r} does not take image prompts")
+        keep = rows // 2 if keep_rows is None else keep_rows
+        if not 1 <= keep <= rows - 1:
+            raise RequestError(
+                422, f"keep_rows must be between 1 and {rows - 1} (the grid has {rows} rows)"
+            )
+        x = decode_image(await image.read(), server.config, pipe.image_size)
+    except RequestError as e:
+        return _error(e.status, str(e))
+    finally:
+        await image.close()
+    return await server.submit(request, p, lambda: _complete(pipe, p, x, keep))
+
+
+@router.get("/docs", include_in_schema=False)
+def docs() -> FileResponse:
+    return FileResponse(static_dir() / "docs.html")
+
+
+@router.get("/", include_in_schema=False)
+def index() -> FileResponse:
+    return FileResponse(static_dir() / "index.html")
+
+
+async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    # inputs such as 1e400 or Infinity are echoed in the errors: made strict JSON
+    errs = jsonable(list(exc.errors()))
+    first = errs[0] if errs else {}
+    where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
+    msg = f"{where}: {first.get('msg', 'invalid request')}"
+    if first.get("type") == "json_invalid":
+        msg = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
+    return JSONResponse({"detail": msg, "errors": errs}, 422)
 
 
 def create_app(config: ServeConfig | None = None, *, pipelines: dict[str, Any] | None = None):  # noqa: ANN201
@@ -115,164 +329,14 @@ def create_app(config: ServeConfig | None = None, *, pipelines: dict[str, Any] |
         docs_url=None,
         redoc_url=None,
     )
+    app.state.server = Server(config, models, slots)
     app.state.config, app.state.models, app.state.slots = config, models, slots
     # inner first: an unexpected exception becomes a JSON 500 (logged once) inside the
     # limits middleware, so it carries the security headers too
     app.add_middleware(ErrorsMiddleware)
     app.add_middleware(LimitsMiddleware, max_body_bytes=config.max_body_bytes)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        # inputs such as 1e400 or Infinity are echoed in the errors: made strict JSON
-        errs = jsonable(list(exc.errors()))
-        first = errs[0] if errs else {}
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or "body"
-        msg = f"{where}: {first.get('msg', 'invalid request')}"
-        if first.get("type") == "json_invalid":
-            msg = f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}"
-        return JSONResponse({"detail": msg, "errors": errs}, 422)
-
-    @app.get("/healthz", summary="Status and the loaded models with what each supports")
-    def healthz() -> dict[str, Any]:
-        return {
-            "status": "ok",
-            "version": __version__,
-            "models": [
-                {**describe(name, pipe), "pending": slots[name].pending}
-                for name, pipe in models.items()
-            ],
-            "limits": {
-                "max_body_bytes": config.max_body_bytes,
-                "max_image_pixels": config.max_image_pixels,
-                "image_formats": list(config.image_formats),
-                "max_prompt_chars": config.max_prompt_chars,
-                "max_n": config.max_n,
-                "max_candidates": config.max_candidates,
-                "max_steps": config.max_steps,
-                "queue_size": config.queue_size,
-                "request_timeout_s": config.request_timeout_s,
-            },
-        }
-
-    @app.post(
-        "/api/generate",
-        summary="Text to images",
-        description=(
-            "Images as base64 PNG, best CLIP score first when the model reranks, each with "
-            "its CLIP score and, for prompts the shapes checker understands, its verdict per "
-            "claim; the answer also gives the model's settings as run. Every field is checked "
-            "against the chosen model: `guidance` and `steps` set the model's own settings "
-            "(DALL·E: `guidance`, no steps; unCLIP: `decoder_guidance`, `decoder_steps`; see "
-            "`settings` per model in /healthz), and a field the model has no use for is a 422 "
-            "naming it. An overlong prompt is cut, with a warning in `warnings`, for every model "
-            "alike: past `max_prompt_chars` (/healthz), then past the model's text context "
-            "(`max_prompt_tokens` per model in /healthz). 413: body too large; 422: a limit or "
-            "an invalid field (the message names the field and the cap); 429 + Retry-After: "
-            "the model's queue is full; 504: past the time limit; 500: a server fault (JSON, "
-            "no traceback; logged on the server). With `Accept: text/event-stream`: progress "
-            "events, then a result or error event."
-        ),
-    )
-    async def generate(body: GenerateRequest, request: Request) -> Any:
-        try:
-            p = check_params(config, models, **body.model_dump())
-        except RequestError as e:
-            return _error(e.status, str(e))
-        pipe = models[p.model]
-        return await _submit(request, p, lambda: run_generation(pipe, p))
-
-    @app.post(
-        "/api/complete",
-        summary="Image-prompt completion (DALL·E)",
-        description=(
-            "Keeps the top `keep_rows` rows of the uploaded image's token grid and lets the "
-            "model draw the rest from the prompt. The image is resized (shorter side) and "
-            "centre-cropped to the model's size; formats and pixel count are limited (400). "
-            "Other answers as /api/generate."
-        ),
-    )
-    async def complete(
-        request: Request,
-        image: UploadFile = File(..., description="PNG, JPEG, WebP, GIF or BMP"),  # noqa: B008
-        prompt: str = Form(...),
-        keep_rows: int | None = Form(None, description="token rows kept (default: half)"),
-        model: str | None = Form(None),
-        n: int = Form(1),
-        candidates: int | None = Form(None),
-        guidance: float | None = Form(None),
-        seed: int | None = Form(None),
-    ) -> Any:
-        try:
-            p = check_params(
-                config, models, model=model, prompt=prompt, n=n, candidates=candidates,
-                guidance=guidance, seed=seed, steps=None,
-            )  # fmt: skip
-            pipe = models[p.model]
-            rows = describe(p.model, pipe).get("image_prompt_rows")
-            if rows is None:
-                raise RequestError(422, f"model {p.model!r} does not take image prompts")
-            keep = rows // 2 if keep_rows is None else keep_rows
-            if not 1 <= keep <= rows - 1:
-                raise RequestError(
-                    422, f"keep_rows must be between 1 and {rows - 1} (the grid has {rows} rows)"
-                )
-            x = decode_image(await image.read(), config, pipe.image_size)
-        except RequestError as e:
-            return _error(e.status, str(e))
-        finally:
-            await image.close()
-        return await _submit(request, p, lambda: _complete(pipe, p, x, keep))
-
-    async def _submit(request: Request, p: Params, fn: Callable[[], dict[str, Any]]) -> Any:
-        slot = slots[p.model]
-        try:
-            job = slot.submit(fn, cost=p.candidates)
-        except Busy as e:
-            return _error(429, str(e), {"Retry-After": str(e.retry_after)})
-        if "text/event-stream" in request.headers.get("accept", ""):
-            return StreamingResponse(
-                _events(slot, job),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-            )
-        try:
-            return await slot.wait(job)
-        except TimeLimit as e:
-            return _error(504, str(e))
-        except RequestError as e:
-            return _error(e.status, str(e))
-        except Exception as e:  # a fault of the model or of this server: logged once
-            log_fault(e, f"{request.method} {request.url.path} ({p.model})")
-            return _error(500, INTERNAL_ERROR)
-
-    async def _events(slot: ModelSlot, job: Any) -> AsyncIterator[str]:
-        waiter = asyncio.ensure_future(slot.wait(job))
-        try:
-            while True:
-                yield _sse("progress", slot.progress(job))
-                done, _ = await asyncio.wait({waiter}, timeout=0.25)
-                if done:
-                    break
-            try:
-                yield _sse("result", waiter.result())
-            except TimeLimit as e:
-                yield _sse("error", {"status": 504, "detail": str(e)})
-            except RequestError as e:
-                yield _sse("error", {"status": e.status, "detail": str(e)})
-            except Exception as e:  # the answer has started: the fault is an error event
-                log_fault(e, f"event stream ({slot.name})")
-                yield _sse("error", {"status": 500, "detail": INTERNAL_ERROR})
-        finally:
-            waiter.cancel()
-
-    @app.get("/docs", include_in_schema=False)
-    def docs() -> FileResponse:
-        return FileResponse(static_dir() / "docs.html")
-
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(static_dir() / "index.html")
-
+    app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=static_dir()), name="static")
     return app
 

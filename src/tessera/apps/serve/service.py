@@ -75,15 +75,30 @@ def load_models(names: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return out
 
 
-def setting_fields(pipe: Any) -> dict[str, str]:
-    """The generic request fields (``guidance``, ``steps``) a model takes -> the field of its
-    own settings each one sets (e.g. unCLIP: ``guidance`` -> ``decoder_guidance``)."""
-    aliases = dict(getattr(pipe, "setting_aliases", {}) or {})
+# the generic request fields: each sets the field of a model's own settings that its
+# ``aliases`` name (unCLIP: guidance -> decoder_guidance, steps -> decoder_steps)
+GENERIC_FIELDS = ("guidance", "steps")
+
+
+def served_specs(pipe: Any) -> list[Any]:
+    """The sampling settings a request may set on ``pipe`` (:mod:`tessera.config.sampling`,
+    without the operator's own such as ``compile``)."""
+    from tessera.config.sampling import SamplingSettings, setting_specs
+
     settings = getattr(pipe, "settings", None)
-    if settings is None or not dataclasses.is_dataclass(settings):
-        return {}
-    names = {f.name for f in dataclasses.fields(settings)}
-    return {field: target for field, target in aliases.items() if target in names}
+    if not isinstance(settings, SamplingSettings):
+        return []
+    return [s for s in setting_specs(type(settings)) if s.serve]
+
+
+def setting_fields(pipe: Any) -> dict[str, str]:
+    """Every request field a model takes -> the field of its own settings it sets: its served
+    settings by name, and the generic fields through the settings' ``aliases``."""
+    names = {s.name for s in served_specs(pipe)}
+    out = {name: name for name in names}
+    aliases = dict(getattr(pipe.settings, "aliases", {}) or {}) if names else {}
+    out.update({g: t for g, t in aliases.items() if g in GENERIC_FIELDS and t in names})
+    return out
 
 
 def describe(name: str, pipe: Any) -> dict[str, Any]:
@@ -100,7 +115,13 @@ def describe(name: str, pipe: Any) -> dict[str, Any]:
         info["settings"] = {
             field: {"setting": target, "default": jsonable(getattr(pipe.settings, target))}
             for field, target in fields.items()
+            if field in GENERIC_FIELDS
         }
+        # every served setting with the model's own value as its default: the page's inputs
+        info["setting_specs"] = [
+            {**s.to_dict(), "default": jsonable(getattr(pipe.settings, s.name))}
+            for s in served_specs(pipe)
+        ]
     if "guidance" in fields:
         info["default_guidance"] = float(getattr(pipe.settings, fields["guidance"]))
     room = getattr(pipe, "max_prompt_tokens", None)
@@ -129,16 +150,17 @@ def check_params(
     prompt: str,
     n: int,
     candidates: int | None,
-    guidance: float | None,
     seed: int | None,
-    steps: int | None,
+    settings: dict[str, Any] | None = None,
 ) -> Params:
     """Check a request against the limits and the chosen model (RequestError: 404 for an
     unknown model, else 422 naming the field).
 
-    ``guidance`` and ``steps`` are set on the model's own settings through its
-    :func:`setting_fields` (DALL·E: ``guidance``; unCLIP: ``decoder_guidance`` and
-    ``decoder_steps``) and validated there; a field the model has no use for is refused.
+    ``settings``: the request's sampling fields (None: not given). Each is set on the model's
+    own settings through :func:`setting_fields` (a served setting by name; ``guidance`` and
+    ``steps`` through the settings' aliases: DALL·E ``guidance``; unCLIP ``decoder_guidance``
+    and ``decoder_steps``) and validated there; a field the model has no use for is refused.
+    Every ``*steps`` setting is capped at ``max_steps``.
 
     An overlong prompt is cut with a warning in the answer, for every model alike: past
     ``max_prompt_chars`` here, past the model's text context by the pipeline (whose warning
@@ -164,16 +186,24 @@ def check_params(
         )
     if drawn > n and "rerank" not in caps:
         raise RequestError(422, f"candidates: model {name!r} cannot rerank: must equal n")
-    if guidance is not None and not 0 <= guidance <= 50:
-        raise RequestError(422, f"guidance must be between 0 and 50, got {guidance}")
-    if steps is not None and not 1 <= steps <= config.max_steps:
-        raise RequestError(422, f"steps must be between 1 and {config.max_steps}, got {steps}")
-    settings = _settings(name, pipe, {"guidance": guidance, "steps": steps})
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    for field, value in given.items():  # the server's caps on what a request may cost
+        if field.endswith("steps") and not 1 <= value <= config.max_steps:
+            raise RequestError(
+                422, f"{field} must be between 1 and {config.max_steps}, got {value}"
+            )
+        if field.endswith("candidates") and not 1 <= value <= config.max_candidates:
+            raise RequestError(
+                422, f"{field} must be between 1 and {config.max_candidates}, got {value}"
+            )
+    if "guidance" in given and not 0 <= given["guidance"] <= 50:
+        raise RequestError(422, f"guidance must be between 0 and 50, got {given['guidance']}")
+    chosen = _settings(name, pipe, given)
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
     elif not 0 <= seed < 2**32:
         raise RequestError(422, f"seed must be between 0 and {2**32 - 1}, got {seed}")
-    return Params(name, text, n, drawn, seed, settings, tuple(warnings))
+    return Params(name, text, n, drawn, seed, chosen, tuple(warnings))
 
 
 def _settings(name: str, pipe: Any, given: dict[str, Any]) -> Any:
@@ -181,11 +211,14 @@ def _settings(name: str, pipe: Any, given: dict[str, Any]) -> Any:
     the field when the model has no use for it or its settings refuse the value)."""
     fields = setting_fields(pipe)
     settings = getattr(pipe, "settings", None)
+    targets = [fields.get(f) for f in given]
+    twice = {t for t in targets if t is not None and targets.count(t) > 1}
+    if twice:
+        both = [f for f in given if fields.get(f) in twice]
+        raise RequestError(422, f"{' and '.join(both)} set the same setting: give one of them")
     for field, value in given.items():
-        if value is None:
-            continue
         if field not in fields:
-            takes = ", ".join(fields) or "neither guidance nor steps"
+            takes = ", ".join(sorted(fields)) or "no sampling settings"
             raise RequestError(
                 422,
                 f"{field}: model {name!r} ({getattr(pipe, 'kind', '?')}) does not take {field} "

@@ -49,11 +49,58 @@ function applyModel() {
     $(field).title = s ? `sets ${s.setting} (default ${s.default})` : "";
   }
   if (settings.steps) $("steps").max = limits.max_steps || "";
+  renderSettings(m);
   if (m.image_prompt_rows) {
     $("keep_rows").max = m.image_prompt_rows - 1;
     $("keep_rows").value = Math.floor(m.image_prompt_rows / 2);
   }
   $("caps").textContent = `${m.kind}, ${m.image_size}px: ${m.capabilities.join(", ")}`;
+}
+
+// One input per setting the model serves (/healthz setting_specs: name, type, choices,
+// bounds, help and the model's own value as default), except those the generic Guidance and
+// Steps inputs above already set. Derived from the settings dataclasses on the server.
+function renderSettings(m) {
+  const generic = new Set(Object.values(settingsOf(m)).map((s) => s.setting));
+  const specs = (m.setting_specs || []).filter((s) => !generic.has(s.name));
+  const inputs = specs.map((s) => {
+    let input;
+    if (s.type === "choice") {
+      input = document.createElement("select");
+      input.append(...s.choices.map((c) => new Option(c, c)));
+      input.value = s.default;
+    } else if (s.type === "bool") {
+      input = Object.assign(document.createElement("input"), { type: "checkbox", checked: Boolean(s.default) });
+    } else {
+      input = Object.assign(document.createElement("input"), { type: "number", value: s.default });
+      input.step = s.type === "int" ? "1" : "any";
+      if (s.ge !== undefined) input.min = s.ge;
+      if (s.le !== undefined) input.max = s.le;
+      if (s.name.endsWith("steps") && limits.max_steps) input.max = limits.max_steps;
+    }
+    input.id = `setting-${s.name}`;
+    input.dataset.setting = s.name;
+    input.dataset.type = s.type;
+    input.dataset.default = String(s.default);
+    const label = document.createElement("label");
+    label.title = s.help;
+    label.append(s.name.replaceAll("_", " "), input);
+    return label;
+  });
+  $("settings-fields").replaceChildren(...inputs);
+  show($("settings-panel"), inputs.length > 0);
+}
+
+// The settings the user changed from the model's defaults: {name: value}.
+function changedSettings() {
+  const out = {};
+  for (const input of $("settings-fields").querySelectorAll("[data-setting]")) {
+    const type = input.dataset.type;
+    const value = type === "bool" ? input.checked : type === "choice" ? input.value : input.value.trim();
+    if (String(value) === input.dataset.default || value === "") continue;
+    out[input.dataset.setting] = type === "int" || type === "float" ? Number(value) : value;
+  }
+  return out;
 }
 
 async function loadModels() {
@@ -204,6 +251,7 @@ $("gen").addEventListener("submit", async (ev) => {
   for (const field of ["guidance", "steps"]) {
     if (settings[field]) body[field] = intOrNull(field);
   }
+  Object.assign(body, changedSettings());
   try {
     render(await run("/api/generate", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }));
   } catch (e) {
