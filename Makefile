@@ -48,6 +48,8 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	# the import layers of DESIGN.md (pyproject.toml [tool.importlinter]), function-level imports too
 	$(VENV)/bin/lint-imports
+	# the typed seams: pipelines, samplers and the diffusion core, strictly
+	$(VENV)/bin/mypy --strict src/tessera/pipelines src/tessera/sampling src/tessera/diffusion
 
 format: $(DEV_STAMP)
 	$(VENV)/bin/ruff check --fix src tests benchmarks

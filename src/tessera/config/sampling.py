@@ -22,6 +22,7 @@ from tessera.errors import ConfigError
 
 __all__ = [
     "DalleSampling",
+    "PriorKind",
     "SamplingSettings",
     "SettingSpec",
     "UnclipSampling",
@@ -29,6 +30,9 @@ __all__ = [
     "setting_specs",
     "settings_class",
 ]
+
+
+PriorKind = Literal["diffusion", "ar"]
 
 
 def setting(
@@ -143,7 +147,7 @@ class UnclipSampling(SamplingSettings):
     kind: ClassVar[str] = "sampling.unclip"
     aliases: ClassVar[dict[str, str]] = {"guidance": "decoder_guidance", "steps": "decoder_steps"}
 
-    prior_kind: Literal["diffusion", "ar"] = setting(
+    prior_kind: PriorKind = setting(  # noqa: RUF009 (a Literal: immutable)
         "diffusion", "which prior samples the image embedding (the folder must hold it)"
     )
     prior_steps: int = setting(25, "DDIM steps of the diffusion prior (the paper: 64)", ge=2)

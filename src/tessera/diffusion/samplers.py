@@ -65,7 +65,8 @@ def _progress(indices: Sequence[int], progress: bool, desc: str) -> Iterable[int
         return indices
     from tqdm.auto import tqdm
 
-    return tqdm(indices, desc=desc, leave=False)
+    bar: Iterable[int] = tqdm(indices, desc=desc, leave=False)
+    return bar
 
 
 # -- ancestral sampling (DDPM) -----------------------------------------------------------------

@@ -212,8 +212,8 @@ def space_timesteps(num_train_steps: int, spec: str | int | Sequence[int]) -> li
             raise ConfigError(
                 f"bad timestep spec {spec!r}: section {j} has {size} steps, cannot keep {count}"
             )
-        stride = (size - 1) / (count - 1) if count > 1 else 1.0
-        kept.extend(start + round(k * stride) for k in range(count))
+        gap = (size - 1) / (count - 1) if count > 1 else 1.0
+        kept.extend(start + round(k * gap) for k in range(count))
         start += size
     return sorted(set(kept))
 

@@ -73,6 +73,23 @@ class Samples:
         )
 
 
+class _ImageConfig(Protocol):
+    @property
+    def image_size(self) -> int: ...
+
+
+class ImageTokenizer(Protocol):
+    """What a DALL·E pipeline needs of its image tokenizer (the paper's dVAE, or any other
+    kind with the same seam): images (B, 3, S, S) in [0, 1] <-> token grids (B, h, w)."""
+
+    @property
+    def config(self) -> _ImageConfig: ...
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor: ...
+
+
 @runtime_checkable
 class TextToImage(Protocol):
     """A text-to-image generator.
@@ -121,8 +138,13 @@ def write_samples(
     """
     from PIL import Image
 
-    if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
-        settings = dataclasses.asdict(settings)
+    recorded: dict[str, Any] = (
+        dataclasses.asdict(settings)
+        if dataclasses.is_dataclass(settings) and not isinstance(settings, type)
+        else dict(settings)
+        if isinstance(settings, Mapping)
+        else {}
+    )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pixels = to_uint8(samples.images)
@@ -140,7 +162,7 @@ def write_samples(
             "sample": j,
             "file": name,
             "seed": seed,
-            **dict(settings or {}),
+            **recorded,
             **dict(extra or {}),
         }
         if samples.scores is not None:

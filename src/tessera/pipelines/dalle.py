@@ -22,9 +22,17 @@ from tessera.config.sampling import DalleSampling
 from tessera.errors import CheckpointError, ConfigError, DataError
 from tessera.models.dalle import DALLE, prepare_text, warn_truncated
 from tessera.nn.rng import generator_for, module_device
-from tessera.pipelines.base import ComponentRef, PipelineIndex, Samples, rerank, write_index
+from tessera.pipelines.base import (
+    ComponentRef,
+    ImageTokenizer,
+    PipelineIndex,
+    Samples,
+    rerank,
+    write_index,
+)
 from tessera.sampling.rerank import Reranker, load_scorer
 from tessera.sampling.sample import generate_image_tokens
+from tessera.text import TextTokenizer
 
 __all__ = ["DallePipeline", "check_compatible", "export_checkpoint", "save_pipeline"]
 
@@ -66,8 +74,8 @@ class DallePipeline:
     """
 
     model: DALLE
-    vae: Any
-    tokenizer: Any
+    vae: ImageTokenizer
+    tokenizer: TextTokenizer
     reranker: Reranker | None = None
     settings: DalleSampling = dataclasses.field(default_factory=DalleSampling)
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -82,7 +90,7 @@ class DallePipeline:
     def max_prompt_tokens(self) -> int:
         """The most prompt tokens the model reads; ``generate`` cuts longer prompts, with a
         warning on logger ``tessera.text``."""
-        return min(self.model.config.text_len - 1, self.tokenizer.max_length)
+        return min(self.model.config.text_len - 1, int(self.tokenizer.max_length))
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -105,7 +113,8 @@ class DallePipeline:
         size = self.vae.config.image_size
         if image.shape[-2:] != (size, size):
             raise DataError(f"image prompt must be {size}x{size}, got {tuple(image.shape[-2:])}")
-        return self.vae.encode(image)[:, :keep_rows].flatten(1)
+        tokens: torch.Tensor = self.vae.encode(image)[:, :keep_rows].flatten(1)
+        return tokens
 
     @torch.no_grad()
     def generate(

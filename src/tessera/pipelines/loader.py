@@ -73,10 +73,12 @@ def load_pipeline(path: str | Path, **options: Any) -> TextToImage:
         index = read_index(path)
         cls = _pipeline_class(index.pipeline)
         _check_options(cls.from_folder, index.pipeline, options)
-        return cls.from_folder(path, index, **options)
+        pipe: TextToImage = cls.from_folder(path, index, **options)
+        return pipe
     cls = _pipeline_class("dalle")
     _check_options(cls.from_checkpoint, "dalle", options)
-    return cls.from_checkpoint(path, **options)
+    dalle: TextToImage = cls.from_checkpoint(path, **options)
+    return dalle
 
 
 def _pipeline_class(kind: str) -> Any:

@@ -34,15 +34,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from tessera.data.images import psnr
 from tessera.errors import DataError
+from tessera.models.clip import CLIP
+from tessera.models.decoder import Decoder
+from tessera.pipelines.unclip import UnclipPipeline
 from tessera.sampling.unclip import decode, embed_images, invert
+from tessera.text import TextTokenizer
 
 __all__ = [
     "Reconstruction",
@@ -68,7 +70,9 @@ class Reconstruction:
     psnr: list[float]
 
 
-def encode_captions(tokenizer: Any, captions: Sequence[str] | None) -> torch.Tensor | None:
+def encode_captions(
+    tokenizer: TextTokenizer, captions: Sequence[str] | None
+) -> torch.Tensor | None:
     """Caption ids as the decoder was trained on them (``<eos>``-ended, no dropout); None
     when there are none (the decoder then sees the dropped-caption input)."""
     if captions is None:
@@ -77,11 +81,11 @@ def encode_captions(tokenizer: Any, captions: Sequence[str] | None) -> torch.Ten
 
 
 def reconstruct(
-    decoder: nn.Module,
-    clip: nn.Module,
+    decoder: Decoder,
+    clip: CLIP,
     images: torch.Tensor,
     *,
-    tokenizer: Any = None,
+    tokenizer: TextTokenizer | None = None,
     captions: Sequence[str] | None = None,
     steps: int = 50,
     autocast: bool = False,
@@ -89,7 +93,9 @@ def reconstruct(
 ) -> Reconstruction:
     """CLIP-encode ``images`` (B, 3, H, W) in [0, 1], DDIM-invert them under the decoder
     (conditioned on z_i and, when given, the captions), then decode with η = 0."""
-    text = encode_captions(tokenizer, captions)
+    if captions is not None and tokenizer is None:
+        raise DataError("reconstruct: captions need the decoder's tokenizer")
+    text = None if tokenizer is None else encode_captions(tokenizer, captions)
     images, z_i, x_T = _bipartite(
         decoder, clip, images, text, steps=steps, autocast=autocast, progress=progress
     )
@@ -108,8 +114,8 @@ def reconstruct(
 
 
 def _bipartite(
-    decoder: nn.Module,
-    clip: nn.Module,
+    decoder: Decoder,
+    clip: CLIP,
     images: torch.Tensor,
     text: torch.Tensor | None,
     *,
@@ -119,7 +125,7 @@ def _bipartite(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images at the decoder's side, z_i (B, D), x_T (B, 3, s, s)): CLIP-encode, then
     DDIM-invert under the unguided decoder -- the one path of every manipulation."""
-    images = _fit(images, decoder.config.image_size)  # type: ignore[attr-defined]
+    images = _fit(images, decoder.config.image_size)
     z_i = embed_images(clip, images)
     x_T = invert(
         decoder, images, z_i, text, steps=steps, guidance=1.0, autocast=autocast, progress=progress
@@ -159,7 +165,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, theta: float | torch.Tensor) -> torc
         raise TypeError("slerp needs floating-point tensors")
     one = a.ndim == 1 and b.ndim == 1
     a2, b2 = (a[None], b[None]) if one else (a, b)
-    a2, b2 = torch.broadcast_tensors(a2, b2)
+    a2, b2 = torch.broadcast_tensors(a2, b2)  # type: ignore[no-untyped-call]  # untyped in torch
     dtype = torch.promote_types(a.dtype, b.dtype)
     th = torch.as_tensor(theta, dtype=torch.float64, device=a2.device).reshape(-1)
     n = max(a2.shape[0], th.numel())
@@ -194,21 +200,10 @@ def slerp(a: torch.Tensor, b: torch.Tensor, theta: float | torch.Tensor) -> torc
 # -- the manipulations on an unCLIP pipeline ---------------------------------------------------
 
 
-def _check_captions(pipe: Any, captions: Sequence[str]) -> None:
-    """One-line error for captions longer than the pipeline's or the CLIP's tokenizer holds
-    (both would silently truncate)."""
-    pipe._check_lengths(captions)
-    room = pipe.clip_tokenizer.max_length - 1
-    lengths = pipe.clip_tokenizer.encode_batch(list(captions)).lengths.tolist()
-    over = [c for c, n in zip(captions, lengths, strict=True) if n > room]
-    if over:
-        raise DataError(f"caption longer than the CLIP's {room} tokens: {over[0]!r}")
-
-
-def _text(pipe: Any, caption: str | None, n: int) -> torch.Tensor | None:
+def _text(pipe: UnclipPipeline, caption: str | None, n: int) -> torch.Tensor | None:
     if caption is None:
         return None
-    _check_captions(pipe, [caption])
+    pipe.check_caption_lengths([caption])
     return encode_captions(pipe.tokenizer, [caption] * n)
 
 
@@ -221,14 +216,14 @@ def _one(image: torch.Tensor, name: str = "image") -> torch.Tensor:
     return image
 
 
-def _steps(pipe: Any, steps: int | None) -> int:
+def _steps(pipe: UnclipPipeline, steps: int | None) -> int:
     steps = pipe.settings.decoder_steps if steps is None else int(steps)
     if steps < 2:
         raise DataError(f"steps must be >= 2, got {steps}")
     return steps
 
 
-def _upsample_shared(pipe: Any, images: torch.Tensor, seed: int) -> torch.Tensor:
+def _upsample_shared(pipe: UnclipPipeline, images: torch.Tensor, seed: int) -> torch.Tensor:
     """Every frame through the upsamplers from the same noise (a generator seeded ``seed``
     per frame), so neighbouring frames differ only where the decoder's outputs do."""
     if not pipe.upsamplers:
@@ -242,7 +237,7 @@ def _upsample_shared(pipe: Any, images: torch.Tensor, seed: int) -> torch.Tensor
 
 @torch.no_grad()
 def invert_images(
-    pipe: Any,
+    pipe: UnclipPipeline,
     images: torch.Tensor,
     captions: Sequence[str] | None = None,
     *,
@@ -256,14 +251,14 @@ def invert_images(
         captions = list(captions)
         if len(captions) != images.shape[0]:
             raise DataError(f"{len(captions)} captions for {images.shape[0]} images")
-        _check_captions(pipe, captions)
+        pipe.check_caption_lengths(captions)
     text = encode_captions(pipe.tokenizer, captions)
     _, z_i, x_T = _bipartite(pipe.decoder, pipe.clip, images, text, steps=_steps(pipe, steps))
     return z_i, x_T
 
 
 def _decode(
-    pipe: Any,
+    pipe: UnclipPipeline,
     z_i: torch.Tensor,
     x_T: torch.Tensor,
     text: torch.Tensor | None,
@@ -288,7 +283,7 @@ def _decode(
 
 @torch.no_grad()
 def variations(
-    pipe: Any,
+    pipe: UnclipPipeline,
     image: torch.Tensor,
     *,
     n: int = 8,
@@ -338,7 +333,7 @@ def _thetas(frames: int, end: float) -> torch.Tensor:
 
 @torch.no_grad()
 def interpolate(
-    pipe: Any,
+    pipe: UnclipPipeline,
     image_a: torch.Tensor,
     image_b: torch.Tensor,
     *,
@@ -368,7 +363,7 @@ def interpolate(
 
 @torch.no_grad()
 def text_diff(
-    pipe: Any,
+    pipe: UnclipPipeline,
     image: torch.Tensor,
     from_caption: str,
     to_caption: str,
@@ -393,7 +388,7 @@ def text_diff(
         raise DataError(f"max_theta must be in (0, 1], got {max_theta}")
     steps = _steps(pipe, steps)
     theta = _thetas(frames, max_theta)
-    _check_captions(pipe, [from_caption, to_caption])
+    pipe.check_caption_lengths([from_caption, to_caption])
     _, z_t = pipe.encode_text([from_caption, to_caption])  # (2, D)
     diff = z_t[1] - z_t[0]
     if float(diff.norm()) < 1e-6 * float(z_t.norm(dim=1).max()):

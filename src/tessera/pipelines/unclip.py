@@ -18,16 +18,21 @@ from typing import Any, ClassVar
 
 import torch
 
-from tessera.config.sampling import UnclipSampling
+from tessera.config.sampling import PriorKind, UnclipSampling
 from tessera.errors import CheckpointError, ConfigError, DataError
+from tessera.models.clip import CLIP
+from tessera.models.decoder import Decoder
+from tessera.models.prior import ARPrior, DiffusionPrior
+from tessera.models.upsampler import Upsampler
 from tessera.pipelines.base import ComponentRef, PipelineIndex, Samples, rerank, write_index
 from tessera.sampling.rerank import CLIPScorer
 from tessera.sampling.unclip import decode, upsample
+from tessera.text import TextTokenizer
 
 __all__ = ["PRIOR_KINDS", "UnclipPipeline", "save_unclip_pipeline", "settings_from_defaults"]
 
 # --prior-kind value -> (folder role, checkpoint kind)
-PRIOR_KINDS: dict[str, tuple[str, str]] = {
+PRIOR_KINDS: dict[PriorKind, tuple[str, str]] = {
     "diffusion": ("prior", "prior"),
     "ar": ("ar_prior", "ar_prior"),
 }
@@ -48,12 +53,12 @@ class UnclipPipeline:
 
     priors: prior kind (``diffusion``, ``ar``) -> model; ``settings.prior_kind`` picks one."""
 
-    tokenizer: Any
-    clip: Any
-    clip_tokenizer: Any
-    priors: dict[str, Any]
-    decoder: Any
-    upsamplers: list[Any] = dataclasses.field(default_factory=list)
+    tokenizer: TextTokenizer
+    clip: CLIP
+    clip_tokenizer: TextTokenizer
+    priors: dict[PriorKind, DiffusionPrior | ARPrior]
+    decoder: Decoder
+    upsamplers: list[Upsampler] = dataclasses.field(default_factory=list)
     settings: UnclipSampling = dataclasses.field(default_factory=UnclipSampling)
     defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -81,7 +86,7 @@ class UnclipPipeline:
             {"text_to_image", "guidance", "rerank", "variations", "interpolation", "text_diff"}
         )
 
-    def prior(self, settings: UnclipSampling | None = None) -> Any:
+    def prior(self, settings: UnclipSampling | None = None) -> DiffusionPrior | ARPrior:
         """The prior ``settings.prior_kind`` names (a one-line error when absent)."""
         kind = (settings or self.settings).prior_kind
         if kind not in self.priors:
@@ -92,7 +97,8 @@ class UnclipPipeline:
 
     @property
     def device(self) -> torch.device:
-        return next(self.decoder.parameters()).device
+        device: torch.device = next(self.decoder.parameters()).device
+        return device
 
     def encode_text(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(caption ids (B, L) for the prior and decoder, CLIP text embeddings z_t (B, D))."""
@@ -200,7 +206,7 @@ class UnclipPipeline:
     def max_prompt_tokens(self) -> int:
         """The most prompt tokens the prior and decoder read (one more is the ``<eos>``);
         ``generate`` cuts longer prompts, with a warning on logger ``tessera.text``."""
-        return self.tokenizer.max_length - 1
+        return int(self.tokenizer.max_length) - 1
 
     def _warn_cut(self, prompts: Sequence[str]) -> None:
         """Log, in DALL·E's words, how many prompts are longer than the models read: the
@@ -216,14 +222,18 @@ class UnclipPipeline:
                 max(over),
             )
 
-    def _check_lengths(self, prompts: Sequence[str]) -> None:
-        room = self.tokenizer.max_length - 1
-        enc = self.tokenizer.encode_batch(list(prompts))
-        over = [p for p, n in zip(prompts, enc.lengths.tolist(), strict=True) if n > room]
-        if over:
-            raise DataError(
-                f"{len(over)} prompt(s) longer than the model's {room} tokens, e.g. {over[0]!r}"
-            )
+    def check_caption_lengths(self, captions: Sequence[str]) -> None:
+        """One-line error for captions longer than the prior and decoder's tokenizer or the
+        CLIP's holds (the manipulations refuse them: they would be cut silently)."""
+        for tok, whose in ((self.tokenizer, "model's"), (self.clip_tokenizer, "CLIP's")):
+            room = tok.max_length - 1
+            enc = tok.encode_batch(list(captions))
+            over = [p for p, n in zip(captions, enc.lengths.tolist(), strict=True) if n > room]
+            if over:
+                raise DataError(
+                    f"{len(over)} caption(s) longer than the {whose} {room} tokens, "
+                    f"e.g. {over[0]!r}"
+                )
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -296,12 +306,12 @@ def check_components(
 def save_unclip_pipeline(
     out_dir: str | Path,
     *,
-    tokenizer: Any,
-    clip: Any,
-    clip_tokenizer: Any,
-    priors: dict[str, Any],
-    decoder: Any,
-    upsamplers: Sequence[Any] = (),
+    tokenizer: TextTokenizer,
+    clip: CLIP,
+    clip_tokenizer: TextTokenizer,
+    priors: dict[PriorKind, DiffusionPrior | ARPrior],
+    decoder: Decoder,
+    upsamplers: Sequence[Upsampler] = (),
     defaults: dict[str, Any] | None = None,
     dtype: str | None = None,
 ) -> Path:

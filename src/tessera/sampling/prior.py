@@ -46,7 +46,7 @@ def top_half(logits: torch.Tensor, floor: float = 0.5) -> torch.Tensor:
 
 
 def prior_fn(
-    prior: nn.Module,
+    prior: DiffusionPrior,
     text: torch.Tensor,
     z_t: torch.Tensor,
     *,
@@ -57,7 +57,8 @@ def prior_fn(
     against the dropped caption and null z_t in one batched call."""
 
     def cond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return prior(x, t, text=text, z_t=z_t).float()
+        out: torch.Tensor = prior(x, t, text=text, z_t=z_t)
+        return out.float()
 
     if guidance == 1.0:
         return cond
@@ -66,13 +67,14 @@ def prior_fn(
     drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)])
 
     def pair(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return prior(x, t, text=text2, z_t=z_t2, drop=drop).float()
+        out: torch.Tensor = prior(x, t, text=text2, z_t=z_t2, drop=drop)
+        return out.float()
 
     return classifier_free_guidance(pair, guidance, channels=z_t.shape[1])
 
 
 def _sample_diffusion(
-    prior: nn.Module,
+    prior: DiffusionPrior,
     text: torch.Tensor,
     z_t: torch.Tensor,
     *,
@@ -82,7 +84,7 @@ def _sample_diffusion(
     eta: float,
     device: torch.device,
 ) -> torch.Tensor:
-    cfg = prior.config  # type: ignore[attr-defined]
+    cfg = prior.config
     s = sampling_schedule(cfg.diffusion, steps)
     x = ddim_sample(
         prior_fn(prior, text, z_t, guidance=guidance),
@@ -99,7 +101,7 @@ def _sample_diffusion(
 
 
 def _ar_logits(
-    prior: nn.Module,
+    prior: ARPrior,
     text: torch.Tensor,
     z_t: torch.Tensor,
     dot: torch.Tensor | None,
@@ -110,7 +112,8 @@ def _ar_logits(
     guided against the dropped condition when ``guidance`` != 1 (one batched call)."""
     if guidance == 1.0:
         dot_logits, comp_logits = prior(text, z_t, dot, comps)
-        return (dot_logits if dot is None else comp_logits[:, -1]).float()
+        first: torch.Tensor = dot_logits if dot is None else comp_logits[:, -1]
+        return first.float()
     b = z_t.shape[0]
     drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)])
 
@@ -118,7 +121,7 @@ def _ar_logits(
         return None if x is None else torch.cat([x, x])
 
     dot_logits, comp_logits = prior(two(text), two(z_t), two(dot), two(comps), drop=drop)
-    out = (dot_logits if dot is None else comp_logits[:, -1]).float()
+    out: torch.Tensor = (dot_logits if dot is None else comp_logits[:, -1]).float()
     cond, uncond = out.chunk(2)
     return uncond + guidance * (cond - uncond)
 

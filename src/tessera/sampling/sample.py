@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -49,10 +50,12 @@ def next_token(logits: torch.Tensor, u: torch.Tensor, s: DalleSampling) -> torch
 
 StepFn = Callable[..., torch.Tensor]
 # model -> {key: compiled step}; weak, so a dropped model frees its graphs
-_COMPILED: weakref.WeakKeyDictionary[DALLE, dict[tuple, StepFn]] = weakref.WeakKeyDictionary()
+_COMPILED: weakref.WeakKeyDictionary[DALLE, dict[tuple[Any, ...], StepFn]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def _weights_key(model: DALLE) -> tuple:
+def _weights_key(model: DALLE) -> tuple[Any, ...]:
     """Changes whenever a parameter is replaced or updated in place (a frozen graph holds the
     weights it was compiled with)."""
     return tuple((p.data_ptr(), p._version) for p in model.parameters())

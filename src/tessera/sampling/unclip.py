@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tessera.config.diffusion import DiffusionConfig
 from tessera.diffusion import (
     ModelFn,
     Schedule,
@@ -25,24 +26,28 @@ from tessera.diffusion import (
     respace,
     schedule_for,
 )
+from tessera.models.clip import CLIP
+from tessera.models.decoder import Decoder
+from tessera.models.upsampler import Upsampler
 
 
 @torch.no_grad()
-def embed_images(clip: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def embed_images(clip: CLIP, images: torch.Tensor) -> torch.Tensor:
     """Images (B, 3, S, S) in [0, 1] -> L2-normalised CLIP image embeddings z_i (B, D) float32,
     resized (bilinear, antialiased) to the CLIP's input size when S differs."""
-    size = clip.config.image_size  # type: ignore[attr-defined]
+    size = clip.config.image_size
     device = next(clip.parameters()).device
     images = images.to(device).float()
     if images.shape[-1] != size:
         images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
     with torch.autocast(device.type, enabled=False):
-        return clip.encode_image(images).float()  # type: ignore[operator]
+        z_i: torch.Tensor = clip.encode_image(images).float()
+    return z_i
 
 
-def sampling_schedule(cfg_diffusion: object, steps: int) -> Schedule:
+def sampling_schedule(cfg_diffusion: DiffusionConfig, steps: int) -> Schedule:
     """The training schedule respaced to ``steps`` evenly spaced steps."""
-    base = schedule_for(cfg_diffusion)  # type: ignore[arg-type]
+    base = schedule_for(cfg_diffusion)
     return base if steps == base.num_steps else respace(base, str(steps))
 
 
@@ -62,7 +67,7 @@ def _inference(model: nn.Module, autocast: bool) -> Iterator[torch.device]:
 
 
 def decoder_fn(
-    decoder: nn.Module,
+    decoder: Decoder,
     clip_emb: torch.Tensor,
     text: torch.Tensor | None = None,
     *,
@@ -73,7 +78,8 @@ def decoder_fn(
     an empty caption in one batched call (unCLIP guides both together)."""
 
     def cond(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return decoder(x, t, clip_emb=clip_emb, text=text).float()
+        out: torch.Tensor = decoder(x, t, clip_emb=clip_emb, text=text)
+        return out.float()
 
     if guidance == 1.0:
         return cond
@@ -83,13 +89,14 @@ def decoder_fn(
     drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)])
 
     def pair(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return decoder(x, t, clip_emb=both, text=text2, drop_clip=drop, drop_text=drop).float()
+        out: torch.Tensor = decoder(x, t, clip_emb=both, text=text2, drop_clip=drop, drop_text=drop)
+        return out.float()
 
     return classifier_free_guidance(pair, guidance, channels=3)
 
 
 def decode(
-    decoder: nn.Module,
+    decoder: Decoder,
     clip_emb: torch.Tensor,
     text: torch.Tensor | None = None,
     *,
@@ -108,32 +115,31 @@ def decode(
     learned-sigma decoder this way, with 250 strided steps)."""
     if sampler not in ("ddim", "ddpm"):
         raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
-    cfg = decoder.config  # type: ignore[attr-defined]
-    s = sampling_schedule(cfg.diffusion, steps)
+    d = decoder.config.diffusion
+    s = sampling_schedule(d, steps)
     with _inference(decoder, autocast) as device:
         clip_emb = clip_emb.to(device)
         text = None if text is None else text.to(device)
         fn = decoder_fn(decoder, clip_emb, text, guidance=guidance)
-        size = cfg.image_size
-        common = {
-            "prediction": cfg.diffusion.prediction,
-            "variance": cfg.diffusion.variance,
-            "clip_x0": cfg.diffusion.clip_x0,
-            "generator": generator,
-            "x_T": None if x_T is None else x_T.to(device),
-            "device": device,
-            "progress": progress,
-        }
+        size = decoder.config.image_size
+        noise = None if x_T is None else x_T.to(device)
         shape = (clip_emb.shape[0], 3, size, size)
         if sampler == "ddpm":
-            x = ddpm_sample(fn, s, shape, **common)
+            x = ddpm_sample(
+                fn, s, shape, prediction=d.prediction, variance=d.variance, clip_x0=d.clip_x0,
+                generator=generator, x_T=noise, device=device, progress=progress,
+            )  # fmt: skip
         else:
-            x = ddim_sample(fn, s, shape, eta=eta, **common)
+            x = ddim_sample(
+                fn, s, shape, prediction=d.prediction, variance=d.variance, eta=eta,
+                clip_x0=d.clip_x0, generator=generator, x_T=noise, device=device,
+                progress=progress,
+            )  # fmt: skip
     return ((x.float() + 1) / 2).clamp(0, 1)
 
 
 def invert(
-    decoder: nn.Module,
+    decoder: Decoder,
     images: torch.Tensor,
     clip_emb: torch.Tensor,
     text: torch.Tensor | None = None,
@@ -145,7 +151,7 @@ def invert(
 ) -> torch.Tensor:
     """DDIM inversion (unCLIP §3): images (B, 3, S, S) in [0, 1] -> x_T such that
     ``decode(..., x_T=x_T, eta=0, steps=steps, guidance=guidance)`` reconstructs them."""
-    cfg = decoder.config  # type: ignore[attr-defined]
+    cfg = decoder.config
     s = sampling_schedule(cfg.diffusion, steps)
     with _inference(decoder, autocast) as device:
         fn = decoder_fn(
@@ -167,7 +173,7 @@ def invert(
 
 
 def upsample(
-    upsampler: nn.Module,
+    upsampler: Upsampler,
     low_res: torch.Tensor,
     *,
     steps: int = 7,
@@ -178,14 +184,15 @@ def upsample(
 ) -> torch.Tensor:
     """Images (B, 3, s, s) in [0, 1] -> (B, 3, k*s, k*s) in [0, 1] by DDIM (paper: 27 and 15
     steps; karlo: 7). Runs at the full size whatever crop size it was trained on."""
-    cfg = upsampler.config  # type: ignore[attr-defined]
+    cfg = upsampler.config
     s = sampling_schedule(cfg.diffusion, steps)
     side = low_res.shape[-1] * cfg.scale
     with _inference(upsampler, autocast) as device:
         cond = low_res.to(device).float() * 2 - 1
 
         def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return upsampler(x, t, low_res=cond).float()
+            out: torch.Tensor = upsampler(x, t, low_res=cond)
+            return out.float()
 
         x = ddim_sample(
             fn,
