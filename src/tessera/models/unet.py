@@ -129,16 +129,16 @@ class UNet(nn.Module):
         with context_mask (B, L) bool (True = attend); low_res: (B, low_res_channels, h, w),
         bilinearly resized to (H, W). Returns (B, out_channels, H, W)."""
         cfg = self.config
-        e = self.time_embed(timestep_embedding(t, cfg.model_channels).to(x.dtype))
+        e = self.time_embed(timestep_embedding(t, cfg.model_channels).to(x.dtype))  # (B, E)
         if emb is not None:
             e = e + emb.to(e.dtype)
         if cfg.low_res_channels:
             if low_res is None:
                 raise ValueError("this super-resolution UNet needs low_res")
             up = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            x = torch.cat([x, up.to(x.dtype)], dim=1)
-        h = self.input_conv(x)
-        hs = [h]
+            x = torch.cat([x, up.to(x.dtype)], dim=1)  # (B, in_channels + low_res_channels, H, W)
+        h = self.input_conv(x)  # (B, model_channels, H, W)
+        hs = [h]  # the skips: one per input-side block, popped in reverse by the output side
         for layer in self.down:
             h = layer(h, e, context, context_mask)
             hs.append(h)
@@ -146,6 +146,6 @@ class UNet(nn.Module):
             h = layer(h, e, context, context_mask)
         for layer, resample in zip(self.up, self.up_is_resample, strict=True):
             if not resample:
-                h = torch.cat([h, hs.pop()], dim=1)
+                h = torch.cat([h, hs.pop()], dim=1)  # (B, C + C_skip, h, w)
             h = layer(h, e, context, context_mask)
-        return self.out(h)
+        return self.out(h)  # (B, out_channels, H, W)

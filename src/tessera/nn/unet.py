@@ -129,16 +129,17 @@ class AttentionBlock(nn.Module):
     ) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         h = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
-        qkv = self.qkv(h).view(b, -1, 3, self.heads, c // self.heads)
+        qkv = self.qkv(h).view(b, -1, 3, self.heads, c // self.heads)  # (B, HW, 3, heads, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, HW, d)
         mask = None
         if context is not None and self.context_kv is not None:
+            # (B, L, 2, heads, d): the context's keys and values (GLIDE's encoder_kv)
             ckv = self.context_kv(context.to(h.dtype)).view(b, -1, 2, self.heads, c // self.heads)
             ck, cv = ckv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, heads, L, d)
-            k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)
+            k, v = torch.cat([ck, k], dim=2), torch.cat([cv, v], dim=2)  # (B, heads, L+HW, d)
             if context_mask is not None:
                 pixels = context_mask.new_ones(b, hgt * wid)
                 mask = torch.cat([context_mask, pixels], dim=1)[:, None, None, :]  # (B,1,1,L+HW)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, heads, HW, d)
         out = self.proj(out.transpose(1, 2).reshape(b, -1, c))  # (B, HW, C)
-        return x + out.transpose(1, 2).reshape(b, c, hgt, wid)
+        return x + out.transpose(1, 2).reshape(b, c, hgt, wid)  # (B, C, H, W)
