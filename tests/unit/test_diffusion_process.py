@@ -251,3 +251,22 @@ def test_hybrid_loss_is_finite_for_huge_outputs(big: float, prediction: str) -> 
     assert torch.isfinite(loss).all() and torch.isfinite(terms["vb"]).all()
     loss.sum().backward()
     assert torch.isfinite(kw["output"].grad).all()
+
+
+@pytest.mark.parametrize("value", [1.5, -1.5, 4.0])
+def test_a_variance_output_outside_the_range_gets_a_gradient_back(value: float) -> None:
+    """A learned-range output past ±1 must still feel the variational term (a clamp at ±1 in
+    the loss gave it a zero gradient, so it could never come back); sampling still clamps."""
+    cfg = DiffusionConfig(variance="learned_range")
+    kw = _loss_inputs(cfg, out_value=value)
+    _, terms = diffusion_loss(**kw)
+    terms["vb"].sum().backward()
+    grad = kw["output"].grad[:, 3:]  # the variance channels
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    x0, eps, t = _data(8)
+    xt = q_sample(S, x0.float(), t, eps.float())
+    p = p_mean_variance(S, kw["output"].detach(), xt, t, prediction="eps", variance="learned_range")
+    ends = p_mean_variance(
+        S, kw["output"].detach().clamp(-1, 1), xt, t, prediction="eps", variance="learned_range"
+    )
+    torch.testing.assert_close(p["log_variance"], ends["log_variance"])

@@ -148,7 +148,14 @@ def diffusion_loss(
         frozen = torch.cat([pred.detach(), var_values], dim=1).float()
         x_t32, x032 = x_t.float(), x0.float()
         p = p_mean_variance(
-            s, frozen, x_t32, t, prediction=cfg.prediction, variance=cfg.variance, clip_x0=0.0
+            s,
+            frozen,
+            x_t32,
+            t,
+            prediction=cfg.prediction,
+            variance=cfg.variance,
+            clip_x0=0.0,
+            clamp_variance=False,  # Σ's output keeps its gradient outside [−1, 1]
         )
         true_mean, _, true_log_var = q_posterior(s, x032, x_t32, t)
         kl = _mean_flat(normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"]))

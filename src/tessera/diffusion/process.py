@@ -30,6 +30,9 @@ __all__ = [
 
 _PREDICTIONS = ("eps", "x0", "v")
 _VARIANCES = ("fixed_small", "fixed_large", "learned_range")
+# how far outside [−1, 1] the loss lets a learned-range output go before clamping it (the
+# interpolation extrapolated 4.5x past each end; exp stays finite in float32)
+LOSS_VARIANCE_BOUND = 10.0
 
 
 def extract(arr: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -172,6 +175,7 @@ def p_mean_variance(
     prediction: str,
     variance: str,
     clip_x0: float = 0.0,
+    clamp_variance: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Parameters of p_θ(x_{t−1} | x_t) = N(μ_θ, Σ_θ) from a raw network output.
 
@@ -180,15 +184,21 @@ def p_mean_variance(
     ``x0`` (clamped to [−clip_x0, clip_x0] if clip_x0 > 0) and the matching ``eps``.
 
     ``learned_range`` (improved DDPM eq. 15): Σ = exp(v log β_t + (1 − v) log β̃_t), with the
-    network value mapped from [−1, 1] to v ∈ [0, 1]; it is clamped to [−1, 1] first, so an
-    extreme output gives the end of the range instead of an infinite log-variance.
+    network value mapped from [−1, 1] to v ∈ [0, 1]. With ``clamp_variance`` (sampling) it is
+    clamped to [−1, 1] first, so an extreme output gives the end of the range instead of an
+    infinite variance. The loss passes False: as in improved DDPM, an output outside [−1, 1]
+    still gets the variational term's gradient and can come back (a clamp at ±1 gives it none,
+    so it stayed out); only far outside, at ±``LOSS_VARIANCE_BOUND``, is it clamped, where
+    float32 would overflow.
     """
     pred, var_values = split_output(output, variance)
     if variance == "learned_range":
         assert var_values is not None
         log_min = extract(s.posterior_log_variance_clipped, t, x_t)  # log β̃_t
         log_max = extract(torch.log(s.betas), t, x_t)  # log β_t
-        frac = (var_values.clamp(-1.0, 1.0) + 1.0) / 2.0
+        bound = 1.0 if clamp_variance else LOSS_VARIANCE_BOUND
+        v = var_values.clamp(-bound, bound)
+        frac = (v + 1.0) / 2.0
         log_variance = frac * log_max + (1.0 - frac) * log_min
         var = torch.exp(log_variance)
     elif variance == "fixed_small":
