@@ -215,3 +215,27 @@ def test_two_ranks_draw_differently_and_resume_their_own_draws(inputs, tmp_path)
     for rank in (0, 1):
         assert draws(cut, rank) == draws(straight, rank)
     assert _losses(straight / "run") == _losses(cut / "run")
+
+
+def test_init_from_starts_from_a_release_checkpoint(inputs, tmp_path) -> None:
+    """train.init_from: a run starts from another run's release weights (fine-tuning); a
+    checkpoint of another config is a one-line error."""
+    from tessera.errors import ConfigError
+    from tessera.training.stages import runner
+
+    common = {"clip": inputs["clip"], "tokenizer": inputs["tok"], "progress": False}
+    assert runner.train_stage("decoder", run_dir=tmp_path / "a", steps=3, **common) == 0
+    final = tmp_path / "a" / "final"
+    tuned = ["train.sample_every=0", f"train.init_from={final}", "train.lr=1e-12"]
+    assert (
+        runner.train_stage("decoder", run_dir=tmp_path / "b", steps=1, overrides=tuned, **common)
+        == 0
+    )
+    wa = load_file(str(final / "model.safetensors"))
+    wb = load_file(str(state.list_complete(tmp_path / "b")[-1] / "model.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    with pytest.raises(ConfigError, match="its model config differs"):
+        runner.train_stage(
+            "decoder", run_dir=tmp_path / "c", steps=1, overrides=[*tuned, "model.clip_dropout=0.5"],
+            **common,
+        )  # fmt: skip

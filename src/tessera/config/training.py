@@ -26,6 +26,9 @@ class TrainConfig(Config):
     grad_clip: max global gradient norm (paper: 4); 0 disables clipping.
     ema_decay / ema_every: EMA of weights (dVAE 0.999 every update; transformer 0.99 every 25);
       ema_decay 0 disables it.
+    init_from: a release checkpoint directory of the stage's kind whose weights start the run
+      (fine-tuning: a fresh optimizer, schedule and EMA; its config must equal the run's
+      model config); "" starts from the random initialisation. A resumed run ignores it.
     ema_warmup: the n-th EMA update uses ``min(ema_decay, (1 + n) / (10 + n))`` so that early
       EMA weights hold no trace of the random initialisation (with a fixed decay a share
       ``decay**n`` of it stays: 47% after 751 updates at 0.999); False: the fixed decay.
@@ -85,6 +88,7 @@ class TrainConfig(Config):
     parallelism: Literal["ddp", "fsdp"] = "ddp"
     num_workers: int = 0
     lr_mult: tuple[str, ...] = ()
+    init_from: str = ""
 
     def lr_multipliers(self) -> list[tuple[str, float]]:
         """``lr_mult`` entries ``"PREFIX=FACTOR"`` parsed: parameters whose name starts with

@@ -70,6 +70,21 @@ def stage_configs(
     return model_cfg.with_overrides(m_over), train_cfg.with_overrides(t_over)
 
 
+def _init_from(model: Any, model_cfg: Config, path: str) -> None:
+    """Start from a release checkpoint's weights (its config must be the run's): one-line
+    errors for a missing folder, another kind or another config."""
+    from tessera import checkpoint
+
+    ck = checkpoint.load_checkpoint(path, kind=model_cfg.kind)
+    if ck.obj.config != model_cfg:
+        raise ConfigError(
+            f"train.init_from {path}: its model config differs from the run's; "
+            "override the run's model config to match it"
+        )
+    model.load_state_dict(ck.obj.state_dict())
+    log.info("initialised from %s", path)
+
+
 def train_stage(
     name: str,
     *,
@@ -119,6 +134,8 @@ def train_stage(
     ctx = init_distributed()
     torch.manual_seed(train_cfg.seed)
     model = stage.build_model(model_cfg)
+    if train_cfg.init_from:
+        _init_from(model, model_cfg, train_cfg.init_from)
     if stage.prepare is not None:
         stage.prepare(model, model_cfg, spec)
     # the global RNG (the dVAE's gumbel noise, dropout layers) draws differently on each rank;
