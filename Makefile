@@ -29,6 +29,22 @@ $(DEV_STAMP): $(STAMP) pyproject.toml
 	# No deps: the schedulers import only what is already here (torch, numpy, huggingface_hub,
 	# safetensors, ...); its metadata would add regex, importlib_metadata and a lazy loader.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps diffusers==0.42.1
+	# ruDALL-E's transformer and Gumbel VQGAN modules (and taming-transformers' Encoder/Decoder
+	# they build on), test-only references for the VQGAN and ruDALL-E parity tests: their
+	# metadata pins torchvision, an old transformers, OpenCV and PyWavelets, none of which the
+	# modules the tests load import (tests/helpers/rudalle_ref.py), so no deps; einops they do use.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps einops==0.8.2 taming-transformers==0.0.1 rudalle==1.1.3
+	# YouTokenToMe, ruDALL-E's BPE, for the vocabulary conversion test: an sdist whose setup.py
+	# needs Cython at build time, so Cython first and no build isolation.
+	$(PY) -m pip install -q --disable-pip-version-check cython==3.3.1
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation youtokentome==1.0.6
+	# transformers' and open_clip's CLIP and diffusers' unCLIP (Karlo) pipeline: test-only references
+	# for tessera.convert's parity tests. transformers asks for neither torch nor torchvision, only
+	# for a CLI (typer) and a kernel-hub client the tests never load, so no deps but regex;
+	# open_clip's metadata wants torchvision and timm, so no deps (the tests load only its
+	# torchvision-free modules), plus ftfy for its tokenizer.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps transformers==5.25.0 regex==2026.11.15 open_clip_torch==3.3.0
+	$(PY) -m pip install -q --disable-pip-version-check ftfy==6.3.1
 	touch $(DEV_STAMP)
 
 install: $(STAMP)

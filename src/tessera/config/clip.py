@@ -30,6 +30,9 @@ class CLIPConfig(Config):
     activation: ``quick_gelu`` (``x * sigmoid(1.702 x)``, OpenAI's released models) or ``gelu``.
     eos_id: the end-of-text id; the text embedding is read at its first occurrence (tessera's
       tokenizer: 2; OpenAI's BPE: 49407).
+    bos_id: the begin-of-text id the tokenizer starts every text with (OpenAI's BPE: 49406);
+      None (tessera's tokenizers): no such token. Models that encode an empty caption with
+      this CLIP (Karlo's unconditional branch) write ``[bos_id, eos_id]``.
     image_mean / image_std: per-channel normalisation applied to [0, 1] images.
     logit_scale_init: initial log of the softmax temperature's inverse (paper: ln(1 / 0.07)).
     logit_scale_max: the inverse temperature is clamped at this value (paper: 100).
@@ -55,6 +58,7 @@ class CLIPConfig(Config):
     mlp_ratio: int = 4
     activation: Literal["quick_gelu", "gelu"] = "quick_gelu"
     eos_id: int = 2
+    bos_id: int | None = None
     image_mean: tuple[float, float, float] = OPENAI_MEAN
     image_std: tuple[float, float, float] = OPENAI_STD
     logit_scale_init: float = math.log(1 / 0.07)
@@ -90,6 +94,8 @@ class CLIPConfig(Config):
                 raise ConfigError(f"clip.{width} {w} is not divisible by {heads} {h}")
         if not 0 <= self.eos_id < self.vocab_size:
             raise ConfigError(f"clip.eos_id {self.eos_id} is outside the text vocabulary")
+        if self.bos_id is not None and not 0 <= self.bos_id < self.vocab_size:
+            raise ConfigError(f"clip.bos_id {self.bos_id} is outside the text vocabulary")
         if any(s <= 0 for s in self.image_std):
             raise ConfigError("clip.image_std must be > 0")
         if not self.logit_scale_max > 0:

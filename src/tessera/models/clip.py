@@ -196,12 +196,15 @@ class CLIP(nn.Module):
         x = (images - mean[:, None, None]) / std[:, None, None]
         return self.visual(x.to(self.visual.conv1.weight.dtype))
 
+    def text_hidden_states(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(every position's final hidden state (B, T, text_width), after ``ln_final``;
+        unnormalised features (B, D)): what Karlo's prior and decoder read (transformers'
+        ``last_hidden_state`` and ``text_embeds``)."""
+        return encode_text_tower(self, ids)
+
     def text_features(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T <= context_length), each row with an ``<eos>`` -> features (B, D)."""
-        if ids.ndim != 2 or ids.shape[1] > self.config.context_length:
-            raise ValueError(
-                f"expected text ids (B, T <= {self.config.context_length}), got {tuple(ids.shape)}"
-            )
+        _check_ids(ids, self.config.context_length)
         pool = eos_positions(ids, self.config.eos_id)
         # Under the causal mask nothing after a row's <eos> reaches its pooled state: run only
         # the columns up to the last <eos> of the batch (the same numbers, less work).
@@ -234,6 +237,78 @@ class CLIP(nn.Module):
         """``scale * cos`` of every image with every text: (B images, B' texts)."""
         img, txt, scale = self(images, ids)
         return scale * img @ txt.t()
+
+
+def _check_ids(ids: torch.Tensor, context_length: int) -> None:
+    if ids.ndim != 2 or ids.shape[1] > context_length:
+        raise ValueError(f"expected text ids (B, T <= {context_length}), got {tuple(ids.shape)}")
+
+
+def encode_text_tower(tower: nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text tower of :class:`CLIP` or :class:`CLIPTextEncoder` (same parameter names) on
+    ids (B, T): (hidden states (B, T, text_width) after ``ln_final``, at every position;
+    unnormalised features (B, D) read at the first ``<eos>``). Causal: a position never sees
+    the padding after it."""
+    cfg = tower.config
+    _check_ids(ids, cfg.context_length)
+    pool = eos_positions(ids, cfg.eos_id)
+    t = ids.shape[1]
+    x = tower.token_embedding(ids) + tower.positional_embedding[:t]  # (B, T, width)
+    x = tower.ln_final(tower.transformer(x, tower.attn_mask[:t, :t]))
+    return x, x[torch.arange(x.shape[0], device=x.device), pool] @ tower.text_projection
+
+
+def text_mask(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, T) bool, True up to and including each row's first ``eos_id``: the tokens a model
+    reading CLIP's hidden states attends to (transformers' tokenizer ``attention_mask``)."""
+    pool = eos_positions(ids, eos_id)
+    return torch.arange(ids.shape[1], device=ids.device)[None] <= pool[:, None]
+
+
+def empty_text_ids(cfg: CLIPConfig, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """(batch, length) ids of the empty caption as CLIP's tokenizer writes it: ``[<bos>]``
+    (when the vocabulary has one), ``<eos>``, then ``<eos>`` as padding (OpenAI's BPE pads with
+    it; what follows the first ``<eos>`` never reaches a pooled or attended state)."""
+    ids = torch.full((batch, length), cfg.eos_id, dtype=torch.long, device=device)
+    if cfg.bos_id is not None:
+        ids[:, 0] = cfg.bos_id
+    return ids
+
+
+class CLIPTextEncoder(nn.Module):
+    """CLIP's text tower alone, with :class:`CLIP`'s parameter names (``token_embedding``,
+    ``positional_embedding``, ``transformer``, ``ln_final``, ``text_projection``): what a
+    model that reads CLIP's text hidden states instead of its own caption encoder owns (Karlo's
+    prior and decoder). ``forward(ids)`` -> :func:`encode_text_tower`."""
+
+    def __init__(self, cfg: CLIPConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.text_width)
+        self.positional_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.text_width))
+        self.transformer = Transformer(
+            cfg.text_width, cfg.text_layers, cfg.text_heads, cfg.mlp_ratio, cfg.activation
+        )
+        self.ln_final = nn.LayerNorm(cfg.text_width)
+        self.text_projection = nn.Parameter(torch.zeros(cfg.text_width, cfg.embed_dim))
+        self.register_buffer("attn_mask", ~causal_mask(cfg.context_length), persistent=False)
+        if self.text_projection.device.type != "meta":
+            nn.init.normal_(self.token_embedding.weight, std=0.02)
+            nn.init.normal_(self.positional_embedding, std=0.01)
+            nn.init.normal_(self.text_projection, std=cfg.text_width**-0.5)
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_text_tower(self, ids)
+
+
+TEXT_TOWER_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.")
+
+
+def text_tower_state(clip: CLIP) -> dict[str, torch.Tensor]:
+    """The text-tower entries of a :class:`CLIP`'s state dict, as :class:`CLIPTextEncoder`
+    names them."""
+    sd = clip.state_dict()
+    return {k: v for k, v in sd.items() if k.startswith(TEXT_TOWER_KEYS) or k == "text_projection"}
 
 
 def count_parameters(cfg: CLIPConfig) -> int:
@@ -304,4 +379,10 @@ def check_compatible(cfg: CLIPConfig, tokenizer: Any) -> None:
     if tokenizer.eos_id != cfg.eos_id:
         raise ConfigError(
             f"the tokenizer's <eos> id is {tokenizer.eos_id}; the model pools at {cfg.eos_id}"
+        )
+    adds_bos = bool(getattr(tokenizer.config, "add_bos", False))
+    if adds_bos and tokenizer.bos_id != cfg.bos_id:
+        raise ConfigError(
+            f"the tokenizer starts texts with id {tokenizer.bos_id}; the model's bos_id is "
+            f"{cfg.bos_id}"
         )

@@ -137,13 +137,20 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, config: TokenizerConfig | None = None) -> None:
         self.config = config if config is not None else TokenizerConfig()
-        for expected, token in enumerate(SPECIAL_TOKENS):
-            found = tokenizer.token_to_id(token)
-            if found != expected:
-                raise TokenizerError(
-                    f"not a tessera tokenizer: special token {token} has id {found}, "
-                    f"expected {expected}"
-                )
+        cfg = self.config
+        names = (cfg.pad_token, cfg.bos_token, cfg.eos_token)
+        ids = [tokenizer.token_to_id(t) for t in names]
+        if names == SPECIAL_TOKENS:  # tessera's own vocabulary: specials at 0, 1, 2
+            for expected, (token, found) in enumerate(zip(names, ids, strict=True)):
+                if found != expected:
+                    raise TokenizerError(
+                        f"not a tessera tokenizer: special token {token} has id {found}, "
+                        f"expected {expected}"
+                    )
+        missing = [t for t, i in zip(names, ids, strict=True) if i is None]
+        if missing:
+            raise TokenizerError(f"the tokenizer has no special token {missing[0]!r}")
+        self._pad_id, self._bos_id, self._eos_id = (int(i) for i in ids)  # type: ignore[arg-type]
         self._json = tokenizer.to_str()
         self._vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         if self._vocab_size > self.config.vocab_size:
@@ -161,6 +168,9 @@ class TextTokenizer:
         self._dropout = _SeededBPEDropout(self._json) if self.config.dropout > 0.0 else None
         self._sep_id = self._joined.token_to_id(_SEP)
         self._normalizer = self._plain.normalizer
+        # the ASCII shortcut of _normalized is exactly tessera's normalizer, no other
+        default = json.loads(build_pipeline().to_str())["normalizer"]
+        self._ascii_fast = json.loads(self._json).get("normalizer") == default
         self._lock = threading.Lock()
         self.stats = TokenizerStats()
 
@@ -256,15 +266,15 @@ class TextTokenizer:
 
     @property
     def pad_id(self) -> int:
-        return 0
+        return self._pad_id
 
     @property
     def bos_id(self) -> int:
-        return 1
+        return self._bos_id
 
     @property
     def eos_id(self) -> int:
-        return 2
+        return self._eos_id
 
     @property
     def hf_tokenizer(self) -> Tokenizer:
@@ -319,6 +329,8 @@ class TextTokenizer:
           resumed or repeated run sees the same ids (inference never varies).
         add_eos: end every caption with ``<eos>`` (the CLIP text encoder pools there); the
           ``<eos>`` is kept when truncating, so at most ``max_length - 1`` caption tokens.
+        With ``config.add_bos`` every caption also starts with ``<bos>`` (one token less room),
+        and padding is ``pad_id`` (0 for tessera's tokenizers).
         Captions longer than fit are truncated at the end; the counts are returned, added to
         :attr:`stats` and logged as a warning on logger ``tessera.text`` (in training mode
         only the first time, then at debug level).
@@ -335,31 +347,40 @@ class TextTokenizer:
         else:
             flat, counts = self._encode_flat(texts)
 
-        room = length - 1 if add_eos else length  # caption tokens that fit
+        bos = int(self.config.add_bos)
+        room = length - bos - (1 if add_eos else 0)  # caption tokens that fit
         kept = np.minimum(counts, room)
         positions = np.arange(length)
-        out = np.zeros((n, length), dtype=np.int64)  # pad_id == 0
+        out = np.full((n, length), self.pad_id, dtype=np.int64)
         over = counts > room
         if over.any():
             # Position of every token inside its caption; keep those that fit.
             starts = np.cumsum(counts) - counts
             within = np.arange(flat.size) - np.repeat(starts, counts)
             flat = flat[within < room]
-        out[positions[None, :] < kept[:, None]] = flat  # row-major fill, caption by caption
+        # row-major fill, caption by caption, after the <bos> when there is one
+        fill = (positions[None, :] >= bos) & (positions[None, :] < kept[:, None] + bos)
+        out[fill] = flat
+        if bos:
+            out[:, 0] = self.bos_id
+            kept = kept + 1
         if add_eos:
             out[np.arange(n), kept] = self.eos_id
             kept = kept + 1
 
         truncated = int(over.sum())
         dropped = int((counts - room)[over].sum()) if truncated else 0
-        limit = f"{room} tokens + <eos>" if add_eos else f"{room} tokens"
+        limit = f"{room} tokens" + (" + <bos>" if bos else "") + (" + <eos>" if add_eos else "")
         self._account(n, truncated, dropped, int(counts.max()), limit, train)
         return EncodedBatch(torch.from_numpy(out), torch.from_numpy(kept), truncated, dropped)
 
     def _normalized(self, texts: Sequence[str]) -> list[str]:
         try:
+            fast = self._ascii_fast
             return [
-                t.lower().strip(_ASCII_WS) if t.isascii() else self._normalizer.normalize_str(t)
+                t.lower().strip(_ASCII_WS)
+                if fast and t.isascii()
+                else self._normalizer.normalize_str(t)
                 for t in texts
             ]
         except (AttributeError, TypeError):
