@@ -38,6 +38,15 @@ $(DEV_STAMP): $(STAMP) pyproject.toml
 	# needs Cython at build time, so Cython first and no build isolation.
 	$(PY) -m pip install -q --disable-pip-version-check cython==3.3.1
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation youtokentome==1.0.6
+	# ruDALL-E's transformer and Gumbel VQGAN modules (and taming-transformers' Encoder/Decoder
+	# they build on), test-only references for the VQGAN and ruDALL-E parity tests: their
+	# metadata pins torchvision, an old transformers, OpenCV and PyWavelets, none of which the
+	# modules the tests load import (tests/helpers/rudalle_ref.py), so no deps; einops they do use.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps einops==0.8.2 taming-transformers==0.0.1 rudalle==1.1.3
+	# YouTokenToMe, ruDALL-E's BPE, for the vocabulary conversion test: an sdist whose setup.py
+	# needs Cython at build time, so Cython first and no build isolation.
+	$(PY) -m pip install -q --disable-pip-version-check cython==3.3.1
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation youtokentome==1.0.6
 	# transformers' and open_clip's CLIP and diffusers' unCLIP (Karlo) pipeline: test-only references
 	# for tessera.convert's parity tests. transformers asks for neither torch nor torchvision, only
 	# for a CLI (typer) and a kernel-hub client the tests never load, so no deps but regex;

@@ -38,6 +38,7 @@ class KindSpec:
 BUILTIN_KINDS: dict[str, tuple[str, str | None, str | None]] = {
     "tokenizer": ("tessera.config.text:TokenizerConfig", None, "tessera.text:TextTokenizer.load"),
     "vae": ("tessera.config.vae:VAEConfig", "tessera.vae.model:DiscreteVAE", None),
+    "vqgan": ("tessera.config.vqgan:VQGANConfig", "tessera.vae.vqgan:VQGAN", None),
     "dalle": ("tessera.config.dalle:DalleConfig", "tessera.models.dalle:DALLE", None),
     "clip": ("tessera.config.clip:CLIPConfig", "tessera.models.clip:CLIP", None),
     "decoder": ("tessera.config.decoder:DecoderConfig", "tessera.models.decoder:Decoder", None),

@@ -16,6 +16,11 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ("data", "export, inspect and check image-caption data", ["data_shapes", "data_inspect"]),
     ("tokenizer", "train and use the BPE text tokenizer", ["tokenizer"]),
     ("vae", "stage 1: train and use the discrete VAE (image tokenizer)", ["vae", "vae_convert"]),
+    (
+        "vqgan",
+        "stage 1 (beyond the paper): train and convert the VQGAN image tokenizer",
+        ["vqgan"],
+    ),
     ("dalle", "stage 2: train and inspect the text-image transformer", ["dalle"]),
     ("clip", "train and use CLIP, the contrastive model that reranks samples", ["clip"]),
     (

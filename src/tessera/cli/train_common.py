@@ -8,9 +8,10 @@ _SHIPPED = "default: the shipped shapes DALL·E pipeline's"
 # stage -> the checkpoints it reads (``--vae`` / ``--tokenizer`` / ``--clip``) and what for
 STAGE_INPUTS: dict[str, dict[str, str]] = {
     "vae": {},
+    "vqgan": {},
     "dalle": {
-        "vae": "dVAE checkpoint that tokenizes the images into the transformer's image tokens "
-        "(required)",
+        "vae": "image tokenizer checkpoint (a dVAE or a VQGAN) that turns the images into the "
+        "transformer's image tokens (required)",
         "tokenizer": "text tokenizer checkpoint that encodes the captions (required)",
     },
     "clip": {"tokenizer": "text tokenizer checkpoint that encodes the captions (required)"},

@@ -21,6 +21,7 @@ from tessera.config import (  # noqa: F401
     unet,
     upsampler,
     vae,
+    vqgan,
 )
 from tessera.config.base import _PRESETS, Config
 from tessera.errors import ConfigError

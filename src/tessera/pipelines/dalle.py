@@ -34,7 +34,33 @@ from tessera.sampling.rerank import Reranker, load_scorer
 from tessera.sampling.sample import generate_image_tokens
 from tessera.text import TextTokenizer
 
-__all__ = ["DallePipeline", "check_compatible", "export_checkpoint", "save_pipeline"]
+__all__ = [
+    "IMAGE_TOKENIZER_KINDS",
+    "DallePipeline",
+    "check_compatible",
+    "export_checkpoint",
+    "load_image_tokenizer",
+    "save_pipeline",
+]
+
+# checkpoint kinds that turn images into the transformer's token grids and back: the paper's
+# dVAE and the VQGAN (ruDALL-E's tokenizer); both have encode / decode / config.image_size /
+# config.grid_size / config.vocab_size
+IMAGE_TOKENIZER_KINDS = ("vae", "vqgan")
+
+
+def load_image_tokenizer(path: str | Path) -> Any:
+    """A dVAE or VQGAN checkpoint directory, in eval mode; another kind is a one-line error."""
+    from tessera.checkpoint import load_checkpoint, read_config
+
+    kind, _ = read_config(path)
+    if kind not in IMAGE_TOKENIZER_KINDS:
+        raise CheckpointError(
+            f"{path} holds a {kind!r} checkpoint, not an image tokenizer "
+            f"({' or '.join(IMAGE_TOKENIZER_KINDS)})"
+        )
+    return load_checkpoint(path, kind=kind).obj.eval()
+
 
 _SETTINGS = {f.name for f in dataclasses.fields(DalleSampling)}
 
@@ -192,7 +218,7 @@ class DallePipeline:
         ck = load_checkpoint(path, kind="dalle")
         if ck.tokenizer is None:
             raise CheckpointError(f"{path} has no tokenizer.json: cannot encode prompts")
-        vae_model = load_checkpoint(Path(vae) if vae is not None else path / "vae", kind="vae").obj
+        vae_model = load_image_tokenizer(Path(vae) if vae is not None else path / "vae")
         check_compatible(ck.config, vae_model, ck.tokenizer)
         return cls(
             model=ck.obj.eval(),
@@ -219,11 +245,15 @@ class DallePipeline:
             ref = index.components.get(role)
             if ref is None and role in need:
                 raise CheckpointError(f"{path}: the pipeline has no {role!r} component")
-            if ref is not None and ref.kind != kind:
+            if (
+                ref is not None
+                and ref.kind != kind
+                and not (role == "vae" and ref.kind in IMAGE_TOKENIZER_KINDS)
+            ):
                 raise CheckpointError(f"{path}: component {role!r} is a {ref.kind!r}, not {kind!r}")
         sub = {role: path / ref.path for role, ref in index.components.items()}
         model = load(sub["transformer"], kind="dalle")
-        vae_model = load(Path(vae) if vae is not None else sub["vae"], kind="vae")
+        vae_model = load_image_tokenizer(Path(vae) if vae is not None else sub["vae"])
         tok = load(sub["tokenizer"], kind="tokenizer")
         check_compatible(model.config, vae_model, tok)
         clip_dir = Path(clip) if clip is not None else sub.get("clip")
@@ -272,7 +302,7 @@ def save_pipeline(
         sampling_config(defaults, "defaults")  # refuse bad values now, not at load time
     components = {
         "transformer": ComponentRef("dalle", "transformer"),
-        "vae": ComponentRef("vae", "vae"),
+        "vae": ComponentRef(vae.config.kind, "vae"),
         "tokenizer": ComponentRef("tokenizer", "tokenizer"),
     }
     with atomic_dir(out_dir) as tmp:

@@ -15,6 +15,7 @@ __all__ = ["STAGES", "DataSpec", "Stage", "get_stage"]
 
 STAGES: dict[str, str] = {
     "vae": "tessera.training.stages.vae:STAGE",
+    "vqgan": "tessera.training.stages.vqgan:STAGE",
     "dalle": "tessera.training.stages.dalle:STAGE",
     "clip": "tessera.training.stages.clip:STAGE",
     "decoder": "tessera.training.stages.decoder:STAGE",

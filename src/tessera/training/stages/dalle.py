@@ -22,7 +22,12 @@ from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
 from tessera.models.dalle import DALLE, empty_text, prepare_text, warn_truncated
 from tessera.nn.rng import generator_for
-from tessera.pipelines.dalle import DallePipeline, check_compatible, export_checkpoint
+from tessera.pipelines.dalle import (
+    DallePipeline,
+    check_compatible,
+    export_checkpoint,
+    load_image_tokenizer,
+)
 from tessera.training.data import BatchStream, DrawnBatches, pick_caption, source_image_batches
 from tessera.training.distributed import DistContext
 from tessera.training.stages.base import (
@@ -70,15 +75,16 @@ class TokenBatches(DrawnBatches):
 
 
 def load_frozen(cfg: DalleConfig, data: DataSpec) -> tuple[nn.Module, Any]:
-    """The run's dVAE (eval mode, no grad) and tokenizer, checked against the model config."""
+    """The run's image tokenizer (a dVAE or a VQGAN; eval mode, no grad) and text tokenizer,
+    checked against the model config."""
     from tessera.checkpoint import load
 
     if data.vae is None or data.tokenizer is None:
         raise ConfigError(
             "dalle training needs a dVAE checkpoint (--vae) and a tokenizer (--tokenizer)"
         )
-    vae = load(data.vae, kind="vae")
-    vae.eval().requires_grad_(False)
+    vae = load_image_tokenizer(data.vae)
+    vae.requires_grad_(False)
     tok = load(data.tokenizer, kind="tokenizer")
     check_compatible(cfg, vae, tok)
     return vae, tok
@@ -138,7 +144,7 @@ def export(model: nn.Module, cfg: DalleConfig, out_dir: Path, data: DataSpec) ->
     """A generation-ready directory: the transformer + its tokenizer, and the dVAE in ``vae/``."""
     from tessera.checkpoint import load
 
-    vae, tok = load(data.vae, kind="vae"), load(data.tokenizer, kind="tokenizer")
+    vae, tok = load_image_tokenizer(data.vae), load(data.tokenizer, kind="tokenizer")
     return export_checkpoint(out_dir, model=model, vae=vae, tokenizer=tok)
 
 
