@@ -30,6 +30,7 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ),
     ("upsampler", "unCLIP: train the diffusion upsamplers", ["upsampler"]),
     ("prior", "unCLIP: train the priors (caption -> CLIP image embedding)", ["prior"]),
+    ("convert", "convert released weights into tessera pipeline folders", ["convert_rudalle"]),
     ("eval", "evaluate images from files: FID, IS, CLIP score, caption fidelity", ["eval"]),
 ]
 # Top-level commands: modules whose ``register(subparsers)`` add one command each, or a few

@@ -29,6 +29,18 @@ class DalleConfig(Config):
     caption_dropout: probability of training on the empty caption (classifier-free guidance;
       0 in the paper).
     dropout: residual/attention dropout (0 in the presets).
+    bos_id: the ``<bos>`` token at text position 0.
+
+    Departures of released models from the paper (the paper's choice is each default; the
+    ``rudalle-malevich`` preset sets all of them, see docs/rudalle.md):
+    eos_id: a token written right after the caption (ruDALL-E: ``[bos] caption [eos] pad...``
+      cut to ``text_len``); None (paper): the padding tokens follow the caption directly.
+    norm_placement: ``pre`` (paper: ``x + f(LN(x))``) or ``sandwich`` (CogView's, ruDALL-E's:
+      ``x + LN'(f(LN(x)))``, one more LayerNorm on each branch output).
+    mask_schedule: ``paper`` or ``rudalle`` (:func:`tessera.nn.masks.layer_kinds`).
+    output_head: ``tied`` (paper: logits are the hidden state times the input embedding tables)
+      or ``separate`` (ruDALL-E: LayerNorm, then one linear layer with bias over the
+      ``text_table + image_vocab`` concatenated vocabulary, untied from the embeddings).
     """
 
     kind: ClassVar[str] = "dalle"
@@ -48,6 +60,10 @@ class DalleConfig(Config):
     caption_dropout: float = 0.0
     dropout: float = 0.0
     bos_id: int = 1
+    eos_id: int | None = None
+    norm_placement: Literal["pre", "sandwich"] = "pre"
+    mask_schedule: Literal["paper", "rudalle"] = "paper"
+    output_head: Literal["tied", "separate"] = "tied"
 
     @property
     def image_len(self) -> int:
@@ -75,6 +91,8 @@ class DalleConfig(Config):
             raise ConfigError("dalle.text_len must be >= 2 (<bos> + at least one token)")
         if not 0 <= self.bos_id < self.text_vocab:
             raise ConfigError(f"dalle.bos_id {self.bos_id} is outside the text vocabulary")
+        if self.eos_id is not None and not 0 <= self.eos_id < self.text_vocab:
+            raise ConfigError(f"dalle.eos_id {self.eos_id} is outside the text vocabulary")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ConfigError(f"dalle.conv_kernel must be odd and >= 1, got {self.conv_kernel}")
         if not 0.0 <= self.caption_dropout < 1.0 or not 0.0 <= self.dropout < 1.0:
@@ -109,6 +127,27 @@ def _shapes() -> DalleConfig:
 @register_preset("dalle", "dalle-12b")
 def _dalle_12b() -> DalleConfig:
     return DalleConfig()
+
+
+@register_preset("dalle", "rudalle-malevich")
+def _rudalle_malevich() -> DalleConfig:
+    # Sber's ruDALL-E Malevich (v3 weights, 1.3B): 128 text positions over a 16384-token
+    # YouTokenToMe BPE (pad 0, unk 1, bos 2, eos 3), 32 x 32 tokens of its 8192-code Gumbel
+    # VQGAN, 24 layers of 2048 with 16 heads, CogView's sandwich norm, an untied output layer.
+    return DalleConfig(
+        text_vocab=16384,
+        text_len=128,
+        image_vocab=8192,
+        grid_size=32,
+        d_model=2048,
+        n_layers=24,
+        n_heads=16,
+        bos_id=2,
+        eos_id=3,
+        norm_placement="sandwich",
+        mask_schedule="rudalle",
+        output_head="separate",
+    )
 
 
 # -- training recipes ("train.dalle"), one per model preset ------------------------------

@@ -4,6 +4,8 @@ folders.
 
 - :mod:`~tessera.convert.clip`: transformers and open_clip CLIP (+ OpenAI's BPE tokenizer);
 - :mod:`~tessera.convert.karlo`: kakaobrain's Karlo unCLIP in diffusers' folder layout.
+- :mod:`~tessera.convert.vqgan`: taming-transformers and diffusers ``VQModel`` VQGANs;
+- :mod:`~tessera.convert.rudalle`: Sber's ruDALL-E (transformer, Gumbel VQGAN, YouTokenToMe BPE).
 
 The dVAE of OpenAI's ``dall-e`` package converts in :mod:`tessera.vae.convert`.
 """

@@ -8,6 +8,10 @@ tokens), position ``text_len - 1`` and the image positions predict image tokens.
 layer is tied to the two input embeddings, so text positions can only emit text tokens and
 image positions only image tokens.
 
+Released models that depart from the paper are options of :class:`DalleConfig` (an end-of-caption
+token, CogView's sandwich norm, ruDALL-E's mask schedule, an untied output layer); the paper's
+choices are the defaults, with the same parameters, initialisation and numbers.
+
 Blocks are pre-norm (LayerNorm -> attention / MLP -> residual add); residual output projections
 start at ``0.02 / sqrt(2 * n_layers)`` (GPT-2's scaling, needed at 64 layers); every residual
 branch is routed through a :class:`~tessera.nn.gradscale.ResblockGradScale` so fp16 training
@@ -33,7 +37,9 @@ def prepare_text(ids: torch.Tensor, lengths: torch.Tensor, cfg: DalleConfig) -> 
     """BPE ids ``(B, n)`` with real lengths ``(B,)`` -> the text stream ``(B, text_len)``.
 
     Position 0 holds ``<bos>``, positions ``1 .. len`` the caption (cut to ``text_len - 1``
-    tokens), every later position ``p`` the padding token ``text_vocab + p``.
+    tokens), every later position ``p`` the padding token ``text_vocab + p``. With
+    ``cfg.eos_id`` the caption is followed by ``<eos>`` when there is room for it (ruDALL-E:
+    ``[bos] caption [eos]`` cut to ``text_len``).
     """
     b = ids.shape[0]
     room = cfg.text_len - 1
@@ -43,6 +49,11 @@ def prepare_text(ids: torch.Tensor, lengths: torch.Tensor, cfg: DalleConfig) -> 
         ids = F.pad(ids, (0, room - ids.shape[1]))
     if ids.numel() and (ids.min() < 0 or ids.max() >= cfg.text_vocab):
         raise ValueError(f"text ids must be in [0, {cfg.text_vocab}) for this model")
+    if cfg.eos_id is not None:
+        fits = lengths < room  # a caption that fills the context loses its <eos>, as ruDALL-E's
+        at = lengths.clamp(max=room - 1)[:, None]
+        ids = ids.scatter(1, at, torch.where(fits[:, None], cfg.eos_id, ids.gather(1, at)))
+        lengths = lengths + fits.long()
     pos = torch.arange(1, cfg.text_len, device=ids.device)
     pad = cfg.text_vocab + pos  # (text_len - 1,)
     body = torch.where(pos[None, :] <= lengths[:, None], ids, pad[None, :])
@@ -94,8 +105,12 @@ class Block(nn.Module):
         self.attn = SelfAttention(cfg.d_model, cfg.n_heads, dropout=cfg.dropout)
         self.mlp_norm = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg.d_model, cfg.mlp_ratio * cfg.d_model)
-        self.attn_gs = ResblockGradScale(self.attn_norm, self.attn)
-        self.mlp_gs = ResblockGradScale(self.mlp_norm, self.mlp)
+        # CogView's sandwich norm (ruDALL-E): one more LayerNorm on each branch's output
+        sandwich = cfg.norm_placement == "sandwich"
+        self.attn_out_norm = nn.LayerNorm(cfg.d_model) if sandwich else nn.Identity()
+        self.mlp_out_norm = nn.LayerNorm(cfg.d_model) if sandwich else nn.Identity()
+        self.attn_gs = ResblockGradScale(self.attn_norm, self.attn, self.attn_out_norm)
+        self.mlp_gs = ResblockGradScale(self.mlp_norm, self.mlp, self.mlp_out_norm)
         self.drop = nn.Dropout(cfg.dropout)
         self.checkpointing = False
 
@@ -105,10 +120,10 @@ class Block(nn.Module):
         y = self.attn(
             self.attn_norm(h), self.spec, cache=cache, layer=layer, start=start, backend=backend
         )
-        return self.drop(y)
+        return self.drop(self.attn_out_norm(y))
 
     def _mlp(self, h: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.mlp(self.mlp_norm(h)))
+        return self.drop(self.mlp_out_norm(self.mlp(self.mlp_norm(h))))
 
     def forward(
         self,
@@ -140,8 +155,10 @@ class Block(nn.Module):
         pos: torch.Tensor,
     ) -> torch.Tensor:
         """One decoding position, static shapes (:meth:`SelfAttention.step`); inference only."""
-        x = x + self.attn.step(self.attn_norm(x), bias_row, k_cache, v_cache, pos)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self.attn_out_norm(
+            self.attn.step(self.attn_norm(x), bias_row, k_cache, v_cache, pos)
+        )
+        return x + self.mlp_out_norm(self.mlp(self.mlp_norm(x)))
 
 
 class DALLE(nn.Module):
@@ -159,12 +176,15 @@ class DALLE(nn.Module):
         self.row_pos = nn.Parameter(torch.zeros(cfg.grid_size, d))
         self.col_pos = nn.Parameter(torch.zeros(cfg.grid_size, d))
         kinds = (
-            layer_kinds(cfg.n_layers)
+            layer_kinds(cfg.n_layers, cfg.mask_schedule)
             if cfg.attention == "sparse"
             else [cfg.attention] * cfg.n_layers
         )
         self.blocks = nn.ModuleList(Block(cfg, k) for k in kinds)
         self.norm = nn.LayerNorm(d)
+        if cfg.output_head == "separate":  # ruDALL-E's ``to_logits``: LayerNorm + Linear
+            self.head_norm = nn.LayerNorm(d)
+            self.head = nn.Linear(d, cfg.text_table + cfg.image_vocab)
         self.backend: Backend = "auto"  # flex on CUDA, SDPA + dense mask elsewhere
         self.reset_parameters()
 
@@ -220,9 +240,15 @@ class DALLE(nn.Module):
     # F.linear (not ``h @ W.t()``): autocast caches the low-precision copy of a weight passed
     # to linear, so sampling does not re-cast the whole table at every token.
     def text_logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.config.output_head == "separate":
+            n = self.config.text_table
+            return F.linear(self.head_norm(h), self.head.weight[:n], self.head.bias[:n])
         return F.linear(h, self.text_emb.weight)
 
     def image_logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.config.output_head == "separate":
+            n = self.config.text_table
+            return F.linear(self.head_norm(h), self.head.weight[n:], self.head.bias[n:])
         return F.linear(h, self.image_emb.weight)
 
     def new_cache(self, batch: int, *, dtype: torch.dtype | None = None) -> KVCache:

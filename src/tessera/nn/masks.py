@@ -18,7 +18,10 @@ order. Every mask is a ``(T, T)`` bool tensor, ``True`` where query ``i`` may at
   ``full``    every earlier image token (dense causal; for ablations).
 
 Layer schedule (App. B.1): layer ``i`` in ``1..L-1`` is ``column`` if ``(i - 2) % 4 == 0``,
-else ``row``; layer ``L`` is ``conv``.
+else ``row``; layer ``L`` is ``conv``. ruDALL-E's schedule (``DalleTransformer._get_layer_mask``)
+is the same except that its column test comes first: when ``(L - 2) % 4 == 0`` its last layer
+is ``column`` and it has no ``conv`` layer (Malevich, ``L = 24``, has one). Its three masks
+(``rudalle/dalle/image_attention.py``) equal these element for element (tested).
 """
 
 from __future__ import annotations
@@ -31,11 +34,16 @@ MaskKind = Literal["row", "column", "conv", "full"]
 MASK_KINDS: tuple[str, ...] = ("row", "column", "conv", "full")
 
 
-def layer_kinds(n_layers: int) -> list[str]:
-    """The paper's mask kind of each layer (index 0 is layer 1)."""
+def layer_kinds(n_layers: int, schedule: str = "paper") -> list[str]:
+    """The mask kind of each layer (index 0 is layer 1): the paper's schedule, or ruDALL-E's
+    (``schedule="rudalle"``, see the module docstring)."""
     if n_layers < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers}")
     kinds = ["column" if (i - 2) % 4 == 0 else "row" for i in range(1, n_layers)]
+    if schedule == "rudalle":
+        return [*kinds, "column" if (n_layers - 2) % 4 == 0 else "conv"]
+    if schedule != "paper":
+        raise ValueError(f"unknown mask schedule {schedule!r} (paper or rudalle)")
     return [*kinds, "conv"]
 
 
