@@ -253,16 +253,21 @@ class VQGAN(nn.Module):
         """Code vectors (B, embed_dim, h, w) -> raw decoder output (B, 3, H, W), ~[-1, 1]."""
         return self.decoder(self.post_quant_conv(z))
 
+    # encode / decode run on the module's device and answer on the caller's, so a pipeline
+    # whose transformer and VQGAN sit on different devices needs no copies of its own
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 1] -> (B, h, w) int64 tokens (deterministic)."""
-        return self.quantize.codes(self.pre_quant(images.float()))
+        here = self.quant_conv.weight.device
+        return self.quantize.codes(self.pre_quant(images.to(here).float())).to(images.device)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, h, w) int64 tokens -> (B, 3, H, W) images in [0, 1] (float32)."""
-        x = self.decode_codes(self.quantize.lookup(tokens)).float()
-        return (x.clamp(-1.0, 1.0) + 1.0) / 2.0
+        here = self.quant_conv.weight.device
+        x = self.decode_codes(self.quantize.lookup(tokens.to(here))).float()
+        return ((x.clamp(-1.0, 1.0) + 1.0) / 2.0).to(tokens.device)
 
     # -- training ------------------------------------------------------------------------------
     def forward(
