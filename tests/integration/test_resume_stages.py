@@ -51,6 +51,7 @@ def _argv(case: str, inputs: dict[str, str]) -> list[str]:
     tok, clip = ["--tokenizer", inputs["tok"]], ["--clip", inputs["clip"]]
     base = {
         "vae": ["vae", "train"],
+        "vqgan": ["vqgan", "train"],
         "dalle": ["dalle", "train", "--vae", inputs["vae"], *tok],
         "clip": ["clip", "train", *tok],
         "decoder": ["decoder", "train", *clip, *tok],
@@ -95,7 +96,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-CASES = ["vae", "dalle", "clip", "decoder", "upsampler", "prior", "ar_prior"]
+CASES = ["vae", "vqgan", "dalle", "clip", "decoder", "upsampler", "prior", "ar_prior"]
 
 
 @pytest.mark.parametrize("case", [*CASES, "dalle+compile", "decoder+bf16"])
