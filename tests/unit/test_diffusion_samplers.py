@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from unittest import mock
 
 import pytest
@@ -212,3 +213,46 @@ def test_progress_bars_do_not_change_results() -> None:
     assert torch.isfinite(
         ddim_invert(toy_model("eps"), s, x0, prediction="eps", progress=True)
     ).all()
+
+
+# -- inpainting (RePaint) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "resample", "jump"), [(6, 1, 1), (6, 2, 2), (10, 3, 1), (7, 2, 3)])
+def test_repaint_walks_down_with_its_jumps(n: int, resample: int, jump: int) -> None:
+    from tessera.diffusion import repaint_levels
+
+    levels = repaint_levels(n, resample, jump)
+    assert levels[0] == n - 1 and levels[-1] == -1 and min(levels) == -1
+    steps = [b - a for a, b in itertools.pairwise(levels)]
+    assert set(steps) <= {-1, 1}
+    ups = steps.count(1)
+    assert ups == (resample - 1) * jump * len(range(0, n - jump, jump))
+    assert steps.count(-1) == n + ups  # every re-noised level is denoised again
+
+
+@pytest.mark.parametrize(("resample", "eta"), [(1, 1.0), (2, 0.0)])
+def test_repaint_keeps_the_known_region_and_fills_the_masked_one(resample: int, eta: float):
+    """An oracle that predicts x0 = 0.7 everywhere: the masked half comes out 0.7, the known
+    half is the known image exactly, whatever the noise and the jumps."""
+    from tessera.diffusion import repaint_sample
+
+    s = respace(TRAIN, "8")
+
+    def oracle(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x, 0.7)
+
+    known = torch.linspace(-1, 1, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 2:] = 1
+    g = torch.Generator().manual_seed(0)
+    x = repaint_sample(
+        oracle, s, known, mask, prediction="x0", eta=eta, resample=resample, jump=2, generator=g
+    )
+    assert torch.equal(x[..., :2], known[..., :2])
+    torch.testing.assert_close(x[..., 2:], torch.full_like(x[..., 2:], 0.7))
+    again = repaint_sample(
+        oracle, s, known, mask, prediction="x0", eta=eta, resample=resample, jump=2,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert torch.equal(again, x)

@@ -6,6 +6,7 @@ and the text diff's θ = 0 frame are the plain reconstructions of the inputs."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -186,3 +187,54 @@ def test_upsampled_outputs_share_the_upsampler_noise(parts, images) -> None:
     gen = torch.Generator().manual_seed(0)
     out = variations(pipe, images[0], n=2, generator=gen)
     assert out.shape == (2, 3, 64, 64)
+
+
+# -- inpainting ---------------------------------------------------------------------------------
+
+
+def _half_mask(size: int) -> torch.Tensor:
+    mask = torch.zeros(size, size)
+    mask[:, size // 2 :] = 1
+    return mask
+
+
+@pytest.mark.parametrize("upsampled", [False, True])
+def test_inpaint_keeps_every_unmasked_pixel_and_is_seeded(parts, images, upsampled) -> None:
+    from tessera.pipelines.manipulations import inpaint
+
+    pipe = _pipe(parts, upsampled=upsampled)
+    size = pipe.image_size
+    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(3))
+    out = inpaint(pipe, image, _half_mask(size), "a red circle", n=2, seed=4)
+    assert out.images.shape == (2, 3, size, size) and out.scores is not None
+    assert out.scores[0] >= out.scores[1]  # reranked by CLIP, best first
+    assert torch.equal(out.images[..., : size // 2], image[..., : size // 2].expand(2, -1, -1, -1))
+    assert not torch.allclose(out.images[..., size // 2 :], image[..., size // 2 :], atol=0.05)
+    again = inpaint(pipe, image, _half_mask(size), "a red circle", n=2, seed=4)
+    assert torch.equal(again.images, out.images)
+    other = inpaint(pipe, image, _half_mask(size), "a red circle", n=2, seed=5)
+    assert not torch.equal(other.images, out.images)
+
+
+def test_inpaint_with_resampling_jumps_and_a_full_mask(pipe, images) -> None:
+    from tessera.pipelines.manipulations import inpaint
+
+    image = images[:1]
+    out = inpaint(pipe, image, _half_mask(32), "a red circle", n=1, resample=2, jump=2)
+    assert torch.equal(out.images[..., :16], image[..., :16])
+    full = inpaint(pipe, image, torch.ones(32, 32), "a red circle", n=1)  # text to image
+    assert full.images.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize(("mask", "message"), [
+    (torch.zeros(32, 32), "the mask is empty"),
+    (torch.full((32, 32), 0.4), "the mask is empty"),  # grey below 0.5 keeps
+    (torch.ones(16, 16), "the mask must be one plane of the image's size (32, 32)"),
+    (torch.ones(2, 32, 32), "the mask must be one plane"),
+])  # fmt: skip
+def test_bad_masks_are_one_line_errors(pipe, images, mask, message) -> None:
+    from tessera.errors import DataError
+    from tessera.pipelines.manipulations import inpaint
+
+    with pytest.raises(DataError, match=re.escape(message)):
+        inpaint(pipe, images[:1], mask, "a red circle", n=1)

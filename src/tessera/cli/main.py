@@ -34,7 +34,7 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ("eval", "evaluate images from files: FID, IS, CLIP score, caption fidelity", ["eval"]),
 ]
 # Top-level commands: modules whose ``register(subparsers)`` add one command each, or a few
-# related ones (``manipulate``: variations, interpolate, textdiff).
+# related ones (``manipulate``: variations, interpolate, textdiff, inpaint).
 COMMANDS: list[str] = ["train_all", "generate", "manipulate", "demo", "serve"]
 
 

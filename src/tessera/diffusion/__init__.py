@@ -39,6 +39,8 @@ from tessera.diffusion.samplers import (
     ddpm_sample,
     ddpm_step,
     randn,
+    repaint_levels,
+    repaint_sample,
 )
 from tessera.diffusion.schedules import (
     Schedule,
@@ -74,6 +76,8 @@ __all__ = [
     "q_posterior",
     "q_sample",
     "randn",
+    "repaint_levels",
+    "repaint_sample",
     "respace",
     "schedule_for",
     "snr",

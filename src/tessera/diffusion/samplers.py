@@ -11,8 +11,10 @@ generator on the device of the tensor it fills.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import torch
 
@@ -29,9 +31,12 @@ __all__ = [
     "ddpm_sample",
     "ddpm_step",
     "randn",
+    "repaint_levels",
+    "repaint_sample",
 ]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+T = TypeVar("T")
 
 
 def randn(
@@ -60,12 +65,12 @@ def _model_t(s: Schedule, i: int, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), int(s.timesteps[i]), dtype=torch.long, device=x.device)
 
 
-def _progress(indices: Sequence[int], progress: bool, desc: str) -> Iterable[int]:
+def _progress(items: Sequence[T], progress: bool, desc: str) -> Iterable[T]:
     if not progress:
-        return indices
+        return items
     from tqdm.auto import tqdm
 
-    bar: Iterable[int] = tqdm(indices, desc=desc, leave=False)
+    bar: Iterable[T] = tqdm(items, desc=desc, leave=False)
     return bar
 
 
@@ -254,6 +259,90 @@ def ddim_invert(
         x = ddim_reverse_step(
             out, x, i, s, prediction=prediction, clip_x0=clip_x0, variance=variance
         )
+    return x
+
+
+# -- inpainting ----------------------------------------------------------------------------------
+
+
+def repaint_levels(num_steps: int, resample: int = 1, jump: int = 1) -> list[int]:
+    """The noise levels RePaint visits (Lugmayr et al. 2022, Alg. 1 with its jumps), from
+    ``num_steps − 1`` (x_T) down to −1 (clean): a step down is a model call, a step up
+    re-noises. Every ``jump`` levels (below the top) the walk goes back up ``jump`` levels,
+    ``resample − 1`` times, so known and generated regions harmonise; ``resample = 1`` is the
+    plain descent."""
+    if resample < 1 or jump < 1:
+        raise ValueError(f"resample and jump must be >= 1, got {resample} and {jump}")
+    back = {lv: resample - 1 for lv in range(0, num_steps - jump, jump)}
+    level = num_steps - 1
+    out = [level]
+    while level > -1:
+        level -= 1
+        out.append(level)
+        if back.get(level, 0) > 0:
+            back[level] -= 1
+            for _ in range(jump):
+                level += 1
+                out.append(level)
+    return out
+
+
+def _abar(s: Schedule, level: int) -> float:
+    """ᾱ at a level (−1: the clean data, ᾱ = 1)."""
+    return 1.0 if level < 0 else float(s.alphas_cumprod[level])
+
+
+@torch.no_grad()
+def repaint_sample(
+    model_fn: ModelFn,
+    s: Schedule,
+    known: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    prediction: str,
+    variance: str = "fixed_small",
+    eta: float = 1.0,
+    clip_x0: float = 1.0,
+    resample: int = 1,
+    jump: int = 1,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Inpainting without retraining (RePaint): sample x0 of ``known``'s shape where ``mask``
+    is 1 and keep ``known`` where it is 0.
+
+    After every DDIM step down to level l the known region is replaced by a fresh forward
+    sample q(x_l | known) = √ᾱ_l known + √(1 − ᾱ_l) ε, so the generated region is denoised
+    next to a correctly noised context (at the clean level: ``known`` itself, exactly). With
+    ``resample`` > 1 the walk of :func:`repaint_levels` goes back up ``jump`` levels by
+    q(x_{l+k} | x_l) and down again. known: (B, ...) in the model's data range; mask:
+    broadcastable to it, 1 = generate. η > 0 (default 1: DDPM's noise) gives the generated
+    region room to agree with the context; every draw comes from ``generator``.
+    """
+    device, dtype = known.device, known.dtype
+    mask = mask.to(device=device, dtype=dtype)
+
+    def draw() -> torch.Tensor:
+        return randn(known.shape, generator=generator, device=device, dtype=dtype)
+
+    levels = repaint_levels(s.num_steps, resample, jump)
+    a = _abar(s, levels[0])
+    x = mask * draw() + (1 - mask) * (math.sqrt(a) * known + math.sqrt(1 - a) * draw())
+    moves = list(itertools.pairwise(levels))
+    for here, there in _progress(moves, progress, "repaint"):
+        if there < here:  # one model step down, then the known region at the new level
+            out = model_fn(x, _model_t(s, here, x))
+            noise = draw() if eta > 0 and here > 0 else None
+            x = ddim_step(
+                out, x, here, s, prediction=prediction, eta=eta, clip_x0=clip_x0,
+                noise=noise, variance=variance,
+            )  # fmt: skip
+            a = _abar(s, there)
+            ctx = known if there < 0 else math.sqrt(a) * known + math.sqrt(1 - a) * draw()
+            x = mask * x + (1 - mask) * ctx
+        else:  # re-noise one level up: q(x_there | x_here)
+            ratio = _abar(s, there) / _abar(s, here)
+            x = math.sqrt(ratio) * x + math.sqrt(1 - ratio) * draw()
     return x
 
 

@@ -42,13 +42,15 @@ from tessera.data.images import psnr
 from tessera.errors import DataError
 from tessera.models.clip import CLIP
 from tessera.models.decoder import Decoder
+from tessera.pipelines.base import Samples, rerank
 from tessera.pipelines.unclip import UnclipPipeline
-from tessera.sampling.unclip import decode, embed_images, invert
+from tessera.sampling.unclip import Known, decode, embed_images, invert, upsample
 from tessera.text import TextTokenizer
 
 __all__ = [
     "Reconstruction",
     "encode_captions",
+    "inpaint",
     "interpolate",
     "invert_images",
     "reconstruct",
@@ -402,3 +404,89 @@ def text_diff(
     x = x_T.repeat(frames, 1, 1, 1)
     low = _decode(pipe, z, x, None if text is None else text.repeat(frames, 1), steps=steps)
     return _upsample_shared(pipe, low, seed)
+
+
+# -- inpainting --------------------------------------------------------------------------------
+
+
+def _binary_mask(mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """(H, W), (1, H, W) or (1, 1, H, W) in [0, 1] of the image's size -> (1, 1, H, W) of 0/1:
+    grey values are thresholded at 0.5 (1 = repaint). One-line errors for another size or
+    an empty mask; a full mask is allowed (text to image in the image's place)."""
+    m = mask.detach().float().cpu()
+    while m.ndim < 4:
+        m = m[None]
+    if m.ndim != 4 or m.shape[:2] != (1, 1) or m.shape[-2:] != image.shape[-2:]:
+        want = tuple(image.shape[-2:])
+        raise DataError(
+            f"the mask must be one plane of the image's size {want}, got {tuple(mask.shape)}"
+        )
+    m = (m > 0.5).float()
+    if not m.any():
+        raise DataError("the mask is empty: nothing to repaint (white marks what to repaint)")
+    return m
+
+
+@torch.no_grad()
+def inpaint(
+    pipe: UnclipPipeline,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    prompt: str,
+    *,
+    n: int = 4,
+    seed: int = 0,
+    steps: int | None = None,
+    resample: int = 1,
+    jump: int = 1,
+    eta: float = 1.0,
+) -> Samples:
+    """Repaint the masked region of one image so that it matches ``prompt``, keeping the rest
+    (no retraining: RePaint with the unCLIP decoder, then every upsampler).
+
+    image: (3, H, W) or (1, 3, H, W) in [0, 1], fitted to the pipeline's size like the other
+      manipulations. mask: (H, W), (1, H, W) or (1, 1, H, W) of the image's size, 1 (white) =
+      repaint, 0 = keep; grey values are thresholded at 0.5; an empty mask is an error; a
+      full mask gives text to image.
+    The prompt's image embedding comes from the prior, as in ``generate``. At every stage (the
+    decoder's side, then each upsampler's) the known pixels are replaced by their forward-
+    noised original after each step (``resample`` / ``jump``: RePaint's resampling; ``eta``
+    the DDIM noise, 1 = DDPM's); the result is composited so that pixels outside the mask are
+    the input's, exactly, at the output size. Returns ``n`` samples reranked by CLIP, best
+    first; every draw from one generator seeded with ``seed``.
+    """
+    if n < 1:
+        raise DataError(f"n must be >= 1, got {n}")
+    image = _one(image)
+    m = _binary_mask(mask, image)
+    pipe.check_caption_lengths([prompt])
+    s = pipe.settings
+    steps = _steps(pipe, steps)
+    full = pipe.image_size
+    known_image = _fit(image, full).cpu()  # (1, 3, S, S)
+    known_mask = (F.interpolate(m, size=(full, full), mode="area") > 0).float()  # (1, 1, S, S)
+    known = Known(
+        known_image.expand(n, -1, -1, -1),
+        known_mask.expand(n, -1, -1, -1),
+        resample=resample,
+        jump=jump,
+    )
+    gen = torch.Generator(device=pipe.device).manual_seed(seed)
+    prompts = [prompt] * n
+    z_i = pipe.image_embeddings(prompts, generator=gen)
+    text = encode_captions(pipe.tokenizer, prompts)
+    images = decode(
+        pipe.decoder,
+        z_i,
+        text,
+        steps=steps,
+        guidance=s.decoder_guidance,
+        eta=eta,
+        generator=gen,
+        known=known,
+    )
+    for up in pipe.upsamplers:
+        images = upsample(up, images, steps=s.upsampler_steps, eta=eta, generator=gen, known=known)
+    images = known_mask * images.cpu() + (1 - known_mask) * known_image  # the kept pixels, exact
+    out = Samples(images, prompts, [0] * n)
+    return rerank(out, pipe.reranker, n) if n > 1 else out

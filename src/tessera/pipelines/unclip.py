@@ -83,7 +83,15 @@ class UnclipPipeline:
     @property
     def capabilities(self) -> frozenset[str]:
         return frozenset(
-            {"text_to_image", "guidance", "rerank", "variations", "interpolation", "text_diff"}
+            {
+                "text_to_image",
+                "guidance",
+                "rerank",
+                "variations",
+                "interpolation",
+                "text_diff",
+                "inpainting",
+            }
         )
 
     def prior(self, settings: UnclipSampling | None = None) -> DiffusionPrior | ARPrior:

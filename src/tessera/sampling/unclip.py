@@ -9,6 +9,7 @@ evenly strided steps of the training schedule (``"ddimN"`` when it divides T eve
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import torch
@@ -23,6 +24,7 @@ from tessera.diffusion import (
     ddim_invert,
     ddim_sample,
     ddpm_sample,
+    repaint_sample,
     respace,
     schedule_for,
 )
@@ -108,11 +110,13 @@ def decode(
     sampler: str = "ddim",
     autocast: bool = False,
     progress: bool = False,
+    known: Known | None = None,
 ) -> torch.Tensor:
     """CLIP image embeddings (B, D) [+ caption ids (B, L)] -> images (B, 3, S, S) in [0, 1]
     with ``steps`` respaced steps: ``sampler`` ``ddim`` (with ``eta``; 0: deterministic
     given x_T) or ``ddpm`` (ancestral with the decoder's own variance -- the paper samples its
-    learned-sigma decoder this way, with 250 strided steps)."""
+    learned-sigma decoder this way, with 250 strided steps). With ``known`` the decoder
+    inpaints: RePaint (DDIM steps with ``eta``) keeps the known pixels."""
     if sampler not in ("ddim", "ddpm"):
         raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
     d = decoder.config.diffusion
@@ -124,7 +128,9 @@ def decode(
         size = decoder.config.image_size
         noise = None if x_T is None else x_T.to(device)
         shape = (clip_emb.shape[0], 3, size, size)
-        if sampler == "ddpm":
+        if known is not None:
+            x = known.sample(fn, s, d, eta=eta, generator=generator, device=device, size=size)
+        elif sampler == "ddpm":
             x = ddpm_sample(
                 fn, s, shape, prediction=d.prediction, variance=d.variance, clip_x0=d.clip_x0,
                 generator=generator, x_T=noise, device=device, progress=progress,
@@ -181,9 +187,11 @@ def upsample(
     generator: torch.Generator | None = None,
     autocast: bool = False,
     progress: bool = False,
+    known: Known | None = None,
 ) -> torch.Tensor:
     """Images (B, 3, s, s) in [0, 1] -> (B, 3, k*s, k*s) in [0, 1] by DDIM (paper: 27 and 15
-    steps; karlo: 7). Runs at the full size whatever crop size it was trained on."""
+    steps; karlo: 7). Runs at the full size whatever crop size it was trained on. With
+    ``known`` it keeps the known pixels (RePaint, DDIM steps with ``eta``)."""
     cfg = upsampler.config
     s = sampling_schedule(cfg.diffusion, steps)
     side = low_res.shape[-1] * cfg.scale
@@ -194,16 +202,69 @@ def upsample(
             out: torch.Tensor = upsampler(x, t, low_res=cond)
             return out.float()
 
-        x = ddim_sample(
+        if known is not None:
+            x = known.sample(
+                fn, s, cfg.diffusion, eta=eta, generator=generator, device=device, size=side
+            )
+        else:
+            x = ddim_sample(
+                fn,
+                s,
+                (low_res.shape[0], 3, side, side),
+                prediction=cfg.diffusion.prediction,
+                variance=cfg.diffusion.variance,
+                eta=eta,
+                clip_x0=cfg.diffusion.clip_x0,
+                generator=generator,
+                device=device,
+                progress=progress,
+            )
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Known:
+    """What inpainting keeps: ``image`` (B, 3, H, W) in [0, 1] and ``mask`` (B, 1, H, W),
+    1 = generate, 0 = keep, with the batch of the samples and at any size (resized to each
+    stage's: the image with antialiasing, the mask so that a pixel is generated when any of
+    its area is); ``resample`` / ``jump``: RePaint's resampling
+    (:func:`~tessera.diffusion.repaint_sample`)."""
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    resample: int = 1
+    jump: int = 1
+
+    def at(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, mask) at ``size`` x ``size``."""
+        image, mask = self.image.float(), self.mask.float()
+        if image.shape[-1] != size or image.shape[-2] != size:
+            image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True)
+            mask = (F.interpolate(mask, size=(size, size), mode="area") > 0).float()
+        return image.clamp(0, 1), mask
+
+    def sample(
+        self,
+        fn: ModelFn,
+        s: Schedule,
+        d: DiffusionConfig,
+        *,
+        eta: float,
+        generator: torch.Generator | None,
+        device: torch.device,
+        size: int,
+    ) -> torch.Tensor:
+        image, mask = self.at(size)
+        return repaint_sample(
             fn,
             s,
-            (low_res.shape[0], 3, side, side),
-            prediction=cfg.diffusion.prediction,
-            variance=cfg.diffusion.variance,
+            image.to(device) * 2 - 1,  # (B, 3, size, size) in the diffusion's [-1, 1]
+            mask.to(device),
+            prediction=d.prediction,
+            variance=d.variance,
             eta=eta,
-            clip_x0=cfg.diffusion.clip_x0,
+            clip_x0=d.clip_x0,
+            resample=self.resample,
+            jump=self.jump,
             generator=generator,
-            device=device,
-            progress=progress,
         )
-    return ((x.float() + 1) / 2).clamp(0, 1)
