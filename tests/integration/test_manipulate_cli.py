@@ -135,3 +135,38 @@ def test_missing_default_model_is_a_one_line_error(root, capsys, monkeypatch) ->
     err = capsys.readouterr().err.strip()
     assert code != 0 and len(err.splitlines()) == 1
     assert "shipped unCLIP pipeline is not installed" in err and "--model DIR" in err
+
+
+def test_inpaint_writes_ranked_results_that_keep_the_unmasked_pixels(root) -> None:
+    mask = np.zeros((40, 40), np.uint8)
+    mask[:, 20:] = 255
+    Image.fromarray(mask).save(root / "mask.png")
+    out = root / "inpaint"
+    argv = ["inpaint", str(root / "a.png"), "a red circle", "--mask", str(root / "mask.png")]
+    assert _run(root, *argv, "--n", "2", "--seed", "3", "--out", str(out)) == 0
+    lines = _manifest(out)
+    files = ["input.png", "mask.png", "inpaint_000.png", "inpaint_001.png"]
+    assert [r["file"] for r in lines] == files
+    scores = [r["clip_score"] for r in lines[2:]]
+    assert scores == sorted(scores, reverse=True) and all(r["seed"] == 3 for r in lines)
+    assert _sizes(out, files) == {(64, 64)}
+    src = np.asarray(Image.open(root / "a.png").resize((64, 64), Image.BILINEAR)).astype(int)
+    for f in files[2:]:  # the kept half is the (resized) input's, up to PNG/uint8 rounding
+        got = np.asarray(Image.open(out / f)).astype(int)
+        assert np.abs(got[:, :30] - src[:, :30]).mean() < 12
+
+
+@pytest.mark.parametrize(("mask", "message"), [
+    ("empty", "the mask is empty"),
+    ("small", "the mask must be one plane of the image's size"),
+    ("nope", "no such mask file"),
+    ("corrupt", "corrupt.png"),
+])  # fmt: skip
+def test_inpaint_bad_masks_are_one_line_errors(root, capsys, mask, message) -> None:
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(root / "empty.png")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(root / "small.png")
+    path = root / f"{mask}.png"
+    argv = ["inpaint", str(root / "a.png"), "x", "--mask", str(path), "--out", str(root / "o")]
+    assert _run(root, *argv) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
