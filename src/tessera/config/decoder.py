@@ -4,9 +4,10 @@ turns a CLIP image embedding (and, optionally, the caption) into a 64x64 image."
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from tessera.config.base import Config, register_preset
+from tessera.config.clip import CLIPConfig
 from tessera.config.diffusion import DiffusionConfig
 from tessera.config.training import TrainConfig
 from tessera.config.unet import UNetConfig
@@ -29,6 +30,15 @@ class DecoderConfig(Config):
       ``text_layers`` 0 drops the caption path (the decoder then sees z_i only).
     clip_dropout: training probability of replacing z_i by a learned null embedding (10%).
     text_dropout: training probability of dropping the caption (50%).
+    text_encoder: ``glide`` (the paper): the decoder's own caption transformer above;
+      ``clip`` (Karlo): the frozen CLIP text encoder ``clip_text`` (the decoder owns a copy of
+      its text tower) -- its final hidden states, projected and layer-normed, follow the 4
+      image tokens, padding masked, and its text embedding z_t is projected and added to the
+      timestep embedding beside z_i's; a dropped caption is CLIP's encoding of the empty text.
+    clip_text: the CLIP whose text tower ``text_encoder="clip"`` reads (its ``embed_dim`` must
+      equal ``clip_dim``; its ``context_length`` is ``text_length``).
+    clip_input: ``unit_sqrt_dim`` (tessera's paper models): z_i is L2-normalised and scaled by
+      sqrt(clip_dim); ``raw`` (Karlo): z_i is used as CLIP's projection makes it, unnormalised.
     """
 
     kind: ClassVar[str] = "decoder"
@@ -46,6 +56,9 @@ class DecoderConfig(Config):
     text_heads: int = 32
     clip_dropout: float = 0.1
     text_dropout: float = 0.5
+    text_encoder: Literal["glide", "clip"] = "glide"
+    clip_text: CLIPConfig | None = None
+    clip_input: Literal["unit_sqrt_dim", "raw"] = "unit_sqrt_dim"
 
     @property
     def image_size(self) -> int:
@@ -53,7 +66,8 @@ class DecoderConfig(Config):
 
     @property
     def has_text(self) -> bool:
-        return self.text_layers > 0
+        """Whether the decoder reads a caption (through either text encoder)."""
+        return self.text_encoder == "clip" or self.text_layers > 0
 
     def validate(self) -> None:
         if self.unet.context_dim < 1:
@@ -71,13 +85,25 @@ class DecoderConfig(Config):
                 raise ConfigError(f"decoder.{name} must be >= 1, got {getattr(self, name)}")
         if self.text_layers < 0:
             raise ConfigError(f"decoder.text_layers must be >= 0, got {self.text_layers}")
-        if self.has_text and (
-            self.text_width < 1 or self.text_heads < 1 or self.text_width % self.text_heads
+        if (
+            self.text_encoder == "glide"
+            and self.has_text
+            and (self.text_width < 1 or self.text_heads < 1 or self.text_width % self.text_heads)
         ):
             raise ConfigError(
                 f"decoder.text_width {self.text_width} is not divisible by text_heads "
                 f"{self.text_heads}"
             )
+        if self.text_encoder == "clip":
+            ct = self.clip_text
+            if ct is None:
+                raise ConfigError("decoder.text_encoder 'clip' needs decoder.clip_text")
+            if ct.embed_dim != self.clip_dim or ct.context_length != self.text_length:
+                raise ConfigError(
+                    f"decoder.clip_text makes {ct.embed_dim}-d embeddings over "
+                    f"{ct.context_length} tokens; the decoder has clip_dim {self.clip_dim} and "
+                    f"text_length {self.text_length}"
+                )
         for name in ("clip_dropout", "text_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"decoder.{name} must be in [0, 1), got {getattr(self, name)}")

@@ -5,9 +5,10 @@ prior over PCA-reduced, quantised z_i."""
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from tessera.config.base import Config, register_preset
+from tessera.config.clip import CLIPConfig
 from tessera.config.diffusion import DiffusionConfig
 from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
@@ -44,6 +45,17 @@ class PriorConfig(Config):
     cond_dropout: training probability of dropping the caption *and* z_t together (z_t
       becomes a learned null embedding, the caption all padding): paper 10%.
     diffusion: the process (paper: cosine, 1000 steps, x0 prediction).
+    text_encoder: ``tokens`` (tessera's paper prior): the caption's own learned token
+      embeddings; ``clip`` (Karlo): the final hidden states of the frozen CLIP text encoder
+      ``clip_text`` (the prior owns a copy of its text tower), projected, padding masked, and
+      z_t as that encoder makes it; the sequence has one learned position table. A dropped
+      condition is CLIP's encoding of the empty text (no learned null).
+    clip_text: the CLIP whose text tower ``text_encoder="clip"`` reads (``embed_dim`` =
+      ``clip_dim``, ``context_length`` = ``text_length``).
+    embedding_space: where the diffusion runs: ``sqrt_dim`` (tessera): z_i L2-normalised x
+      sqrt(D), samples returned at unit norm; ``standardized`` (Karlo): z_i standardised with
+      the per-dimension CLIP statistics stored with the weights (``clip_mean``, ``clip_std``),
+      samples returned as CLIP's unnormalised embeddings (x * std + mean).
     """
 
     kind: ClassVar[str] = "prior"
@@ -56,9 +68,22 @@ class PriorConfig(Config):
     heads: int = 32
     cond_dropout: float = 0.1
     diffusion: DiffusionConfig = dataclasses.field(default_factory=_prior_diffusion)
+    text_encoder: Literal["tokens", "clip"] = "tokens"
+    clip_text: CLIPConfig | None = None
+    embedding_space: Literal["sqrt_dim", "standardized"] = "sqrt_dim"
 
     def validate(self) -> None:
         _check_common(self, "prior")
+        if self.text_encoder == "clip":
+            ct = self.clip_text
+            if ct is None:
+                raise ConfigError("prior.text_encoder 'clip' needs prior.clip_text")
+            if ct.embed_dim != self.clip_dim or ct.context_length != self.text_length:
+                raise ConfigError(
+                    f"prior.clip_text makes {ct.embed_dim}-d embeddings over "
+                    f"{ct.context_length} tokens; the prior has clip_dim {self.clip_dim} and "
+                    f"text_length {self.text_length}"
+                )
         if self.diffusion.prediction != "x0" or self.diffusion.variance == "learned_range":
             raise ConfigError(
                 "prior.diffusion must predict x0 with a fixed variance (the paper's prior: "

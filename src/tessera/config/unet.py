@@ -4,7 +4,7 @@ upsamplers; the super-resolution variant is the same network with extra input ch
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from tessera.config.base import Config, register_preset
 from tessera.errors import ConfigError
@@ -32,6 +32,9 @@ class UNetConfig(Config):
       input size and concatenated to it (guided-diffusion's ``SuperResModel``); 0 = none.
     num_groups: GroupNorm groups (ADM: 32); every level's width must be divisible by it.
     resblock_updown: down/upsample with residual blocks (ADM/BigGAN) instead of plain convs.
+    low_res_resize: how the low-resolution image is resized to the input size: ``bilinear``
+      (guided-diffusion's ``SuperResModel``) or ``bicubic_antialias`` (Karlo, as diffusers'
+      unCLIP pipeline does it).
     """
 
     kind: ClassVar[str] = "unet"
@@ -49,6 +52,7 @@ class UNetConfig(Config):
     low_res_channels: int = 0
     num_groups: int = 32
     resblock_updown: bool = True
+    low_res_resize: Literal["bilinear", "bicubic_antialias"] = "bilinear"
 
     @property
     def time_embed_dim(self) -> int:

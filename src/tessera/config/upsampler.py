@@ -26,6 +26,9 @@ class UpsamplerConfig(Config):
       BSR-style blur, resize, noise and JPEG); applied with probability ``corrupt_prob``.
     crop_size: training crop side at the target resolution (paper: a quarter of it, e.g. 64
       for 256); 0 trains on whole images. Inference always runs on the whole image.
+    last_unet: a second network for the final denoising step, the one at training timestep 0
+      that every respaced schedule ends on (Karlo's ``super_res_last``, fine-tuned for that
+      step); None (the paper): one network for every step.
     """
 
     kind: ClassVar[str] = "upsampler"
@@ -38,6 +41,7 @@ class UpsamplerConfig(Config):
     blur_sigma: float = 0.6
     corrupt_prob: float = 0.5
     crop_size: int = 0
+    last_unet: UNetConfig | None = None
 
     @property
     def image_size(self) -> int:
@@ -66,6 +70,17 @@ class UpsamplerConfig(Config):
             raise ConfigError("upsampler: blur_kernel must be odd >= 1 and blur_sigma > 0")
         if not 0.0 <= self.corrupt_prob <= 1.0:
             raise ConfigError(f"upsampler.corrupt_prob must be in [0, 1], got {self.corrupt_prob}")
+        last = self.last_unet
+        if last is not None and (
+            (last.image_size, last.in_channels, last.out_channels, last.low_res_channels)
+            != (u.image_size, u.in_channels, u.out_channels, u.low_res_channels)
+            or last.attention_resolutions
+            or last.context_dim
+        ):
+            raise ConfigError(
+                "upsampler.last_unet must take and make what unet does (sizes, channels, no "
+                "attention)"
+            )
         if self.crop_size:
             unit = max(u.downsample_factor, self.scale)
             if self.crop_size > u.image_size or self.crop_size % unit:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.config.prior import ARPriorConfig, PriorConfig
+from tessera.models.clip import CLIPTextEncoder, empty_text_ids, text_mask
 from tessera.nn import count_parameters
 from tessera.nn.masks import causal_mask
 from tessera.nn.transformer import Transformer
@@ -187,8 +188,18 @@ class DiffusionPrior(nn.Module):
         super().__init__()
         self.config = cfg
         w, d = cfg.width, cfg.clip_dim
-        self.text = CaptionTokens(cfg.vocab_size, cfg.text_length, w)
-        self.null_text_embed = nn.Parameter(torch.zeros(d))  # the dropped z_t, scaled space
+        if cfg.text_encoder == "clip":  # Karlo: CLIP's text hidden states (see the config)
+            assert cfg.clip_text is not None
+            self.text = CLIPTextEncoder(cfg.clip_text)
+            self.text.requires_grad_(False)  # frozen, as CLIP is
+            self.text_hidden_proj = nn.Linear(cfg.clip_text.text_width, w)
+            self.text_positional = nn.Parameter(torch.randn(cfg.text_length, w) * 0.01)
+        else:
+            self.text = CaptionTokens(cfg.vocab_size, cfg.text_length, w)
+            self.null_text_embed = nn.Parameter(torch.zeros(d))  # the dropped z_t, scaled space
+        if cfg.embedding_space == "standardized":  # Karlo's CLIP statistics, stored with it
+            self.register_buffer("clip_mean", torch.zeros(d))
+            self.register_buffer("clip_std", torch.ones(d))
         self.text_embed_proj = nn.Linear(d, w)
         self.time_embed = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w))
         self.noisy_proj = nn.Linear(d, w)
@@ -201,6 +212,8 @@ class DiffusionPrior(nn.Module):
         self.register_buffer("attn_mask", blocked_mask(n), persistent=False)
 
     def no_weight_decay(self) -> list[str]:
+        if self.config.text_encoder == "clip":
+            return ["text_positional", "slot_embedding", "query"]
         return [
             "text.positional_embedding",
             "text.padding_embedding",
@@ -208,6 +221,13 @@ class DiffusionPrior(nn.Module):
             "query",
             "null_text_embed",
         ]
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """A sample of the diffusion (B, D) -> the CLIP image embedding it stands for: unit norm
+        (``sqrt_dim``), or CLIP's unnormalised embedding x * std + mean (``standardized``)."""
+        if self.config.embedding_space == "standardized":
+            return x.float() * self.clip_std + self.clip_mean
+        return unscale_embedding(x)
 
     def forward(
         self,
@@ -219,8 +239,11 @@ class DiffusionPrior(nn.Module):
         drop: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """z_noisy: (B, D) the diffusion state (scaled space); t: (B,) training timesteps;
-        text: (B, L) caption ids; z_t: (B, D) CLIP text embeddings (any norm; scaled here);
+        text: (B, L) caption ids; z_t: (B, D) CLIP text embeddings (any norm; scaled here;
+        with ``text_encoder="clip"`` the prior computes z_t from ``text`` itself);
         drop: (B,) bool, True drops caption and z_t (guidance's unconditional half)."""
+        if self.config.text_encoder == "clip":
+            return self._forward_clip_text(z_noisy, t, text, drop)
         b = z_noisy.shape[0]
         dtype = self.noisy_proj.weight.dtype
         cap = self.text(text.to(z_noisy.device), drop)  # (B, L, w)
@@ -237,6 +260,45 @@ class DiffusionPrior(nn.Module):
         ) + self.slot_embedding.to(dtype)  # (B, 4, w)
         h = torch.cat([cap.to(tail.dtype), tail], dim=1)  # (B, L + 4, w)
         h = self.transformer(h, self.attn_mask)
+        return self.out_proj(self.ln_out(h[:, -1]))  # (B, D)
+
+    def _forward_clip_text(
+        self,
+        z_noisy: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        drop: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Karlo's prior (diffusers' ``PriorTransformer``): [projected CLIP hidden states (L),
+        z_t, timestep, noised z_i, query] + one learned position table, causal, the caption's
+        padding masked as keys; a dropped row reads CLIP's encoding of the empty text."""
+        cfg = self.config
+        ct = cfg.clip_text
+        assert ct is not None
+        b, device = z_noisy.shape[0], z_noisy.device
+        dtype = self.noisy_proj.weight.dtype
+        ids = F.pad(text.to(device), (0, ct.context_length - text.shape[1]), value=ct.eos_id)
+        if drop is not None:
+            empty = empty_text_ids(ct, b, ct.context_length, device)
+            ids = torch.where(drop.to(device)[:, None], empty, ids)
+        hidden, z_t = self.text(ids)  # (B, L, width), (B, D) unnormalised
+        cap = self.text_hidden_proj(hidden.to(dtype)) + self.text_positional.to(dtype)
+        temb = timestep_embedding(t, cfg.width).to(dtype)
+        tail = torch.stack(
+            [
+                self.text_embed_proj(z_t.to(dtype)),
+                self.time_embed(temb),
+                self.noisy_proj(z_noisy.to(dtype)),
+                self.query.to(dtype).expand(b, -1),
+            ],
+            dim=1,
+        ) + self.slot_embedding.to(dtype)  # (B, 4, w)
+        h = torch.cat([cap, tail], dim=1)  # (B, L + 4, w)
+        tail_keys = torch.ones(b, 4, dtype=torch.bool, device=device)
+        keys = torch.cat([text_mask(ids, ct.eos_id), tail_keys], dim=1)  # (B, n), True = key
+        blocked = self.attn_mask[None] | ~keys[:, None, :]  # (B, n, n), True = blocked
+        blocked = blocked.repeat_interleave(cfg.heads, dim=0)  # (B * heads, n, n)
+        h = self.transformer(h, blocked)
         return self.out_proj(self.ln_out(h[:, -1]))  # (B, D)
 
 

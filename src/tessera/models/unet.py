@@ -127,7 +127,7 @@ class UNet(nn.Module):
         """x: (B, in_channels, H, W) noised image; t: (B,) timesteps (original training steps);
         emb: (B, time_embed_dim) added to the timestep embedding; context: (B, L, context_dim)
         with context_mask (B, L) bool (True = attend); low_res: (B, low_res_channels, h, w),
-        bilinearly resized to (H, W). Returns (B, out_channels, H, W)."""
+        resized to (H, W) (``low_res_resize``). Returns (B, out_channels, H, W)."""
         cfg = self.config
         e = self.time_embed(timestep_embedding(t, cfg.model_channels).to(x.dtype))  # (B, E)
         if emb is not None:
@@ -135,7 +135,12 @@ class UNet(nn.Module):
         if cfg.low_res_channels:
             if low_res is None:
                 raise ValueError("this super-resolution UNet needs low_res")
-            up = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            if cfg.low_res_resize == "bicubic_antialias":  # Karlo
+                up = F.interpolate(
+                    low_res, size=x.shape[-2:], mode="bicubic", align_corners=False, antialias=True
+                )
+            else:
+                up = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
             x = torch.cat([x, up.to(x.dtype)], dim=1)  # (B, in_channels + low_res_channels, H, W)
         h = self.input_conv(x)  # (B, model_channels, H, W)
         hs = [h]  # the skips: one per input-side block, popped in reverse by the output side

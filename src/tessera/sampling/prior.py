@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tessera.diffusion import ModelFn, classifier_free_guidance, ddim_sample
-from tessera.models.prior import ARPrior, DiffusionPrior, unscale_embedding
+from tessera.models.prior import ARPrior, DiffusionPrior
 from tessera.sampling.filters import filter_logits, sample
 from tessera.sampling.unclip import _inference, sampling_schedule
 
@@ -97,7 +97,7 @@ def _sample_diffusion(
         generator=generator,
         device=device,
     )
-    return unscale_embedding(x)
+    return prior.embedding(x)  # unit norm, or CLIP's unnormalised embedding (Karlo)
 
 
 def _ar_logits(
