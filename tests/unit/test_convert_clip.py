@@ -191,3 +191,14 @@ def test_pickled_weights_are_refused(hf_clip, tmp_path):
     torch.save({"weights": object()}, bad / "pytorch_model.bin")  # not tensors only
     with pytest.raises(UnsafeCheckpointError, match="pickled"):
         convert_hf_clip(bad, tokenizer=folder)
+
+
+def test_cli_convert_clip(hf_clip, tmp_path):
+    from tessera.cli.main import main
+
+    _, _, folder = hf_clip
+    assert main(["convert", "clip", str(folder), "--out", str(tmp_path / "clip")]) == 0
+    assert load_checkpoint(tmp_path / "clip", kind="clip").tokenizer is not None
+    oc = tmp_path / "missing.safetensors"
+    oc.write_bytes(b"")
+    assert main(["convert", "clip", str(oc), "--out", str(tmp_path / "x")]) == 2  # one line

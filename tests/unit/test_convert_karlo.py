@@ -275,3 +275,52 @@ def test_pickled_weights_are_refused(karlo, tmp_path):
     torch.save({"x": object()}, bad / "text_proj" / "diffusion_pytorch_model.bin")
     with pytest.raises(UnsafeCheckpointError):
         load_karlo(bad, clip=karlo.clip_folder)
+
+
+# -- the converted folder through the CLI and the server ----------------------------------------
+
+
+def test_cli_convert_generate_variations(karlo, tmp_path):
+    from PIL import Image
+
+    from tessera.cli.main import main
+
+    out = tmp_path / "karlo-tessera"
+    args = ["convert", "karlo", str(karlo.folder), "--clip", str(karlo.clip_folder)]
+    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(out)]) == 2  # exists: a one-line error, no traceback
+    gen = tmp_path / "gen"
+    flags = ["--n", "1", "--seed", "7", "--prior-guidance", "2", "--decoder-guidance", "2"]
+    assert main(["generate", *PROMPTS, "--model", str(out), *flags, "--out", str(gen)]) == 0
+    ref = _reference_images(karlo, 7, guidance=(2.0, 2.0))
+    for i in range(len(PROMPTS)):
+        png = np.asarray(Image.open(gen / f"{i:04d}-000.png"), dtype=np.int16)
+        want = (ref[i].permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
+        assert np.abs(png - want).max() <= 1  # 8-bit rounding of images within 1e-3
+    var = tmp_path / "var"
+    image = str(gen / "0000-000.png")
+    assert main(["variations", image, "--model", str(out), "--n", "2", "--out", str(var)]) == 0
+    pngs = sorted(var.glob("variation_*.png"))
+    assert len(pngs) == 2 and Image.open(pngs[0]).size == (32, 32)
+
+
+def test_serve_generates_from_the_converted_folder(converted):
+    pytest.importorskip("fastapi", reason="needs the [serve] extra")
+    pytest.importorskip("httpx", reason="TestClient needs httpx")
+    import base64
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from tessera.apps.serve import ServeConfig, create_app
+    from tessera.pipelines import load_pipeline
+
+    pipes = {"unclip": load_pipeline(converted)}
+    with TestClient(create_app(ServeConfig(models=("unclip",)), pipelines=pipes)) as client:
+        r = client.post("/api/generate", json={"prompt": PROMPTS[0], "model": "unclip", "n": 1})
+        assert r.status_code == 200, r.text
+        body = r.json()
+    img = Image.open(io.BytesIO(base64.b64decode(body["images"][0]["png"])))
+    assert img.size == (32, 32)
+    assert body["settings"]["decoder_sampler"] == "ddpm"  # the folder's own (Karlo's) defaults

@@ -30,7 +30,11 @@ GROUPS: list[tuple[str, str, list[str]]] = [
     ),
     ("upsampler", "unCLIP: train the diffusion upsamplers", ["upsampler"]),
     ("prior", "unCLIP: train the priors (caption -> CLIP image embedding)", ["prior"]),
-    ("convert", "convert released weights into tessera pipeline folders", ["convert_rudalle"]),
+    (
+        "convert",
+        "convert released weights into tessera checkpoints and pipeline folders",
+        ["convert_rudalle", "convert_clip", "convert_karlo"],
+    ),
     ("eval", "evaluate images from files: FID, IS, CLIP score, caption fidelity", ["eval"]),
 ]
 # Top-level commands: modules whose ``register(subparsers)`` add one command each, or a few

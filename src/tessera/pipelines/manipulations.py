@@ -128,11 +128,24 @@ def _bipartite(
     """(images at the decoder's side, z_i (B, D), x_T (B, 3, s, s)): CLIP-encode, then
     DDIM-invert under the unguided decoder -- the one path of every manipulation."""
     images = _fit(images, decoder.config.image_size)
-    z_i = embed_images(clip, images)
+    z_i = _image_embedding(decoder, clip, images)
     x_T = invert(
         decoder, images, z_i, text, steps=steps, guidance=1.0, autocast=autocast, progress=progress
     )
     return images, z_i, x_T
+
+
+def _image_embedding(decoder: Decoder, clip: CLIP, images: torch.Tensor) -> torch.Tensor:
+    """z_i (B, D) as the decoder reads it: unit norm (tessera's decoders), or CLIP's
+    unnormalised projection (Karlo's, ``clip_input="raw"``), from the same resized pixels."""
+    if decoder.config.clip_input != "raw":
+        return embed_images(clip, images)
+    size = clip.config.image_size
+    x = images.to(next(clip.parameters()).device).float()
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+        return clip.image_features(x).float()
 
 
 def _fit(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -400,6 +413,8 @@ def text_diff(
     z_d = diff / diff.norm()
     text = _text(pipe, caption, 1)
     _, z_i, x_T = _bipartite(pipe.decoder, pipe.clip, _one(image), text, steps=steps)
+    if pipe.decoder.config.clip_input == "raw":  # Karlo: the path keeps z_i's norm
+        z_d = z_d.to(z_i) * z_i.norm(dim=-1)
     z = slerp(z_i, z_d.to(z_i)[None], theta)  # (frames, D)
     x = x_T.repeat(frames, 1, 1, 1)
     low = _decode(pipe, z, x, None if text is None else text.repeat(frames, 1), steps=steps)
