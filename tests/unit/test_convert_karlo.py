@@ -297,6 +297,11 @@ def test_cli_convert_generate_variations(karlo, tmp_path):
         png = np.asarray(Image.open(gen / f"{i:04d}-000.png"), dtype=np.int16)
         want = (ref[i].permute(1, 2, 0).numpy() * 255).round().astype(np.int16)
         assert np.abs(png - want).max() <= 1  # 8-bit rounding of images within 1e-3
+    report = tmp_path / "eval"
+    clip = str(out / "clip")
+    manifest = str(gen / "manifest.jsonl")
+    assert main(["eval", "clip-score", manifest, "--clip", clip, "--out", str(report)]) == 0
+    assert (report / "metrics.json").is_file()
     var = tmp_path / "var"
     image = str(gen / "0000-000.png")
     assert main(["variations", image, "--model", str(out), "--n", "2", "--out", str(var)]) == 0
