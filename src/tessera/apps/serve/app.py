@@ -1,10 +1,13 @@
 """The FastAPI application: JSON API, progress as server-sent events, the page, offline docs.
 
 Routes: ``GET /`` (the page), ``GET /healthz``, ``POST /api/generate`` (JSON),
-``POST /api/complete`` (multipart: image + prompt + rows kept), ``GET /openapi.json`` and
-``GET /docs`` (rendered from the OpenAPI JSON by a script in the package: no CDN). Send
-``Accept: text/event-stream`` to either POST route to get ``progress`` events and then one
-``result`` (or ``error``) event instead of a single JSON answer.
+``POST /api/complete`` (multipart: image + prompt + rows kept; DALL·E), unCLIP's
+manipulations as multipart uploads -- ``POST /api/variations`` (image), ``/api/interpolate``
+(two images), ``/api/textdiff`` (image + from/to captions), ``/api/inpaint`` (image + mask +
+prompt) -- each for a model whose ``capabilities`` list it (else a 422 naming both),
+``GET /openapi.json`` and ``GET /docs`` (rendered from the OpenAPI JSON by a script in the
+package: no CDN). Send ``Accept: text/event-stream`` to any POST route to get ``progress``
+events and then one ``result`` (or ``error``) event instead of a single JSON answer.
 
 Every request field is checked against the chosen model's own settings (see
 :func:`~tessera.apps.serve.service.check_params`): a bad value or a field the model has no use
@@ -40,6 +43,7 @@ from tessera.apps.serve.service import (
     Params,
     RequestError,
     check_params,
+    clean_text,
     decode_image,
     describe,
     install_warning_capture,
@@ -282,6 +286,223 @@ async def complete(
     finally:
         await image.close()
     return await server.submit(request, p, lambda: _complete(pipe, p, x, keep))
+
+
+_IMAGE = "PNG, JPEG, WebP, GIF or BMP; resized (shorter side) and centre-cropped"
+_UPLOADS = (
+    "Uploads are resized (shorter side) and centre-cropped to the model's size; formats and "
+    "pixel count are limited (400). `steps` sets the model's `decoder_steps` (DDIM steps of "
+    "inversion and decoding; capped at `max_steps`), `guidance` its `decoder_guidance`. A "
+    "model without the capability is a 422 naming it. Every answer carries `inputs` (what the "
+    "model was given), `images` (each with a `label`), `layout` (`grid` or `strip`) and the "
+    "settings as run; other answers as /api/generate."
+)
+
+
+async def _read(*uploads: UploadFile) -> list[bytes]:
+    try:
+        return [await u.read() for u in uploads]
+    finally:
+        for u in uploads:
+            await u.close()
+
+
+def _frames(config: ServeConfig, frames: int) -> None:
+    if not 2 <= frames <= config.max_n:
+        raise RequestError(422, f"frames must be between 2 and {config.max_n}, got {frames}")
+
+
+@router.post(
+    "/api/variations",
+    summary="Variations of an image (unCLIP)",
+    description=(
+        "The image is CLIP-embedded and DDIM-inverted once under the decoder; the decoder then "
+        "samples `n` times from that latent with DDIM η = 1 (decoding with η > 0 gives "
+        "variations), at the model's decoder guidance unless `guidance` is given. "
+        "Capability `variations`. " + _UPLOADS
+    ),
+)
+async def variations(
+    request: Request,
+    image: UploadFile = File(..., description=_IMAGE),  # noqa: B008
+    model: str | None = Form(None),
+    n: int = Form(4, description="variations returned"),
+    steps: int | None = Form(None),
+    guidance: float | None = Form(None),
+    seed: int | None = Form(None),
+    server: Server = Depends(_server),  # noqa: B008
+) -> Any:
+    from tessera.apps.serve.manipulations import run_variations
+
+    (data,) = await _read(image)
+    try:
+        p = check_params(
+            server.config, server.models, model=model, prompt=None, n=n, candidates=None,
+            seed=seed, settings={"steps": steps, "guidance": guidance}, capability="variations",
+        )  # fmt: skip
+        pipe = server.models[p.model]
+        x = decode_image(data, server.config, pipe.image_size)
+    except RequestError as e:
+        return _error(e.status, str(e))
+    return await server.submit(request, p, lambda: run_variations(pipe, p, x))
+
+
+@router.post(
+    "/api/interpolate",
+    summary="Interpolate between two images (unCLIP)",
+    description=(
+        "Both images are inverted to (z_i, x_T); `frames` frames slerp both from A (θ = 0) to "
+        "B (θ = 1), decoded with DDIM η = 0 unguided, so the end frames reconstruct the "
+        "inputs; `seed` sets the upsamplers' noise (the same for every frame). Capability "
+        "`interpolation`; `frames` between 2 and `max_n`. " + _UPLOADS
+    ),
+)
+async def interpolate(
+    request: Request,
+    image_a: UploadFile = File(..., description="the first frame's image; " + _IMAGE),  # noqa: B008
+    image_b: UploadFile = File(..., description="the last frame's image; " + _IMAGE),  # noqa: B008
+    model: str | None = Form(None),
+    frames: int = Form(5, description="frames, A and B included"),
+    steps: int | None = Form(None),
+    seed: int | None = Form(None),
+    server: Server = Depends(_server),  # noqa: B008
+) -> Any:
+    from tessera.apps.serve.manipulations import run_interpolation
+
+    a_data, b_data = await _read(image_a, image_b)
+    try:
+        p = check_params(
+            server.config, server.models, model=model, prompt=None, n=1, candidates=None,
+            seed=seed, settings={"steps": steps}, capability="interpolation",
+        )  # fmt: skip
+        _frames(server.config, frames)
+        p = dataclasses.replace(p, n=frames, candidates=frames)
+        pipe = server.models[p.model]
+        a = decode_image(a_data, server.config, pipe.image_size, "image_a")
+        b = decode_image(b_data, server.config, pipe.image_size, "image_b")
+    except RequestError as e:
+        return _error(e.status, str(e))
+    return await server.submit(request, p, lambda: run_interpolation(pipe, p, a, b))
+
+
+@router.post(
+    "/api/textdiff",
+    summary="Edit an image along a text direction (unCLIP text diffs)",
+    description=(
+        "z_d = normalise(z_t(to_caption) − z_t(from_caption)); `frames` frames decode "
+        "slerp(z_i, z_d, θ) for θ from 0 to `max_theta` from the image's inverted x_T with "
+        "DDIM η = 0 (θ = 0 reconstructs it). `from_caption` may be empty (the paper's "
+        "baseline); captions past the model's text context are a 422. Capability "
+        "`text_diff`; `frames` between 2 and `max_n`. " + _UPLOADS
+    ),
+)
+async def textdiff(
+    request: Request,
+    image: UploadFile = File(..., description=_IMAGE),  # noqa: B008
+    to_caption: str = Form(..., description="what the image should show"),
+    from_caption: str = Form("", description="what the image shows (may be empty)"),
+    max_theta: float = Form(0.5, description="the last frame's θ, in (0, 1]"),
+    model: str | None = Form(None),
+    frames: int = Form(5, description="frames, θ = 0 included"),
+    steps: int | None = Form(None),
+    seed: int | None = Form(None),
+    server: Server = Depends(_server),  # noqa: B008
+) -> Any:
+    from tessera.apps.serve.manipulations import run_text_diff
+
+    (data,) = await _read(image)
+    try:
+        p = check_params(
+            server.config, server.models, model=model, prompt=to_caption, n=1,
+            candidates=None, seed=seed, settings={"steps": steps}, capability="text_diff",
+            prompt_field="to_caption",
+        )  # fmt: skip
+        _frames(server.config, frames)
+        if not 0 < max_theta <= 1:
+            raise RequestError(422, f"max_theta must be in (0, 1], got {max_theta}")
+        warnings = list(p.warnings)
+        source = (
+            clean_text(from_caption, "from_caption", server.config, warnings)
+            if from_caption.strip()
+            else ""
+        )
+        p = dataclasses.replace(p, n=frames, candidates=frames, warnings=tuple(warnings))
+        pipe = server.models[p.model]
+        _check_captions(pipe, [source, p.prompt])
+        x = decode_image(data, server.config, pipe.image_size)
+    except RequestError as e:
+        return _error(e.status, str(e))
+    return await server.submit(request, p, lambda: run_text_diff(pipe, p, x, source, max_theta))
+
+
+@router.post(
+    "/api/inpaint",
+    summary="Repaint the masked region of an image (unCLIP inpainting)",
+    description=(
+        "The decoder and every upsampler fill the region the mask marks (white = repaint, "
+        "black = keep; grey is thresholded at half) so that the image matches `prompt` "
+        "(RePaint, no retraining); pixels outside the mask are the input's. The mask may be "
+        "at any resolution (the page sends it at the image's displayed size): it is resized "
+        "nearest onto the image, then cropped with it. An empty mask (inside the centred "
+        "square the model sees) is a 422. `n` results, best CLIP score first. `resample` / "
+        "`jump`: RePaint's resampling (`resample` × `steps` is capped at `max_steps`). "
+        "Capability `inpainting`; a prompt past the model's text context is a 422. " + _UPLOADS
+    ),
+)
+async def inpaint(
+    request: Request,
+    image: UploadFile = File(..., description=_IMAGE),  # noqa: B008
+    mask: UploadFile = File(..., description="white = repaint, black = keep; any size"),  # noqa: B008
+    prompt: str = Form(..., description="what the whole image should show"),
+    model: str | None = Form(None),
+    n: int = Form(4, description="results, best CLIP score first"),
+    steps: int | None = Form(None),
+    guidance: float | None = Form(None),
+    seed: int | None = Form(None),
+    resample: int = Form(1, description="RePaint resamplings per jump (1: none)"),
+    jump: int = Form(1, description="RePaint jump length in steps"),
+    server: Server = Depends(_server),  # noqa: B008
+) -> Any:
+    from tessera.apps.serve.manipulations import decode_image_and_mask, run_inpainting
+
+    image_data, mask_data = await _read(image, mask)
+    try:
+        p = check_params(
+            server.config, server.models, model=model, prompt=prompt, n=n, candidates=None,
+            seed=seed, settings={"steps": steps, "guidance": guidance}, capability="inpainting",
+        )  # fmt: skip
+        pipe = server.models[p.model]
+        steps_run = p.settings.decoder_steps
+        if resample < 1 or resample * steps_run > server.config.max_steps:
+            raise RequestError(
+                422,
+                f"resample must be between 1 and {server.config.max_steps // steps_run} "
+                f"(resample × steps = {resample} × {steps_run} is capped at max_steps = "
+                f"{server.config.max_steps}), got {resample}",
+            )
+        if not 1 <= jump <= server.config.max_steps:
+            raise RequestError(
+                422, f"jump must be between 1 and {server.config.max_steps}, got {jump}"
+            )
+        _check_captions(pipe, [p.prompt])
+        x, m = decode_image_and_mask(image_data, mask_data, server.config, pipe.image_size)
+        p = dataclasses.replace(p, candidates=p.n * resample)  # the queue's cost estimate
+    except RequestError as e:
+        return _error(e.status, str(e))
+    return await server.submit(
+        request, p, lambda: run_inpainting(pipe, p, x, m, resample=resample, jump=jump)
+    )
+
+
+def _check_captions(pipe: Any, captions: list[str]) -> None:
+    """Captions the model would cut are refused before queueing (the manipulations refuse
+    them rather than cut them silently)."""
+    from tessera.errors import DataError
+
+    try:
+        pipe.check_caption_lengths(captions)
+    except DataError as e:
+        raise RequestError(422, str(e).splitlines()[0]) from None
 
 
 @router.get("/docs", include_in_schema=False)

@@ -1,6 +1,7 @@
-"""What the routes do, without HTTP: load models, check a request against the limits, run a
-generation or an image-prompt completion, and shape the answer (PNG base64, CLIP scores,
-the shapes checker's verdict per claim)."""
+"""What the routes do, without HTTP: load models, check a request against the limits, decode
+uploads, run a generation or an image-prompt completion, and shape the answer (PNG base64,
+CLIP scores, the shapes checker's verdict per claim). unCLIP's image manipulations are run by
+:mod:`tessera.apps.serve.manipulations`."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ __all__ = [
     "Params",
     "RequestError",
     "check_params",
+    "clean_text",
     "decode_image",
     "describe",
     "jsonable",
     "load_models",
+    "load_upload",
     "run_generation",
     "setting_fields",
 ]
@@ -147,14 +150,21 @@ def check_params(
     models: dict[str, Any],
     *,
     model: str | None,
-    prompt: str,
+    prompt: str | None,
     n: int,
     candidates: int | None,
     seed: int | None,
     settings: dict[str, Any] | None = None,
+    capability: str | None = None,
+    prompt_field: str = "prompt",
 ) -> Params:
     """Check a request against the limits and the chosen model (RequestError: 404 for an
     unknown model, else 422 naming the field).
+
+    ``capability``: what the route needs of the model (``variations``, ``interpolation``,
+    ``text_diff``, ``inpainting``: one of its ``capabilities``); a model without it is a 422
+    naming both. ``prompt`` None: the route takes none (``Params.prompt`` is then empty);
+    ``prompt_field``: the request field it came from, as messages name it.
 
     ``settings``: the request's sampling fields (None: not given). Each is set on the model's
     own settings through :func:`setting_fields` (a served setting by name; ``guidance`` and
@@ -170,13 +180,14 @@ def check_params(
         raise RequestError(404, f"unknown model {name!r}; loaded: {', '.join(models)}")
     pipe = models[name]
     caps = pipe.capabilities
+    if capability is not None and capability not in caps:
+        raise RequestError(
+            422,
+            f"model {name!r} ({getattr(pipe, 'kind', '?')}) does not support {capability} "
+            f"(it supports: {', '.join(sorted(caps))})",
+        )
     warnings: list[str] = []
-    text = " ".join(prompt.split())
-    if not text:
-        raise RequestError(422, "prompt must not be empty")
-    if len(text) > config.max_prompt_chars:
-        warnings.append(f"prompt cut to {config.max_prompt_chars} characters (it had {len(text)})")
-        text = text[: config.max_prompt_chars].rstrip()
+    text = "" if prompt is None else clean_text(prompt, prompt_field, config, warnings)
     if not 1 <= n <= config.max_n:
         raise RequestError(422, f"n must be between 1 and {config.max_n}, got {n}")
     drawn = n if candidates is None else candidates
@@ -206,6 +217,18 @@ def check_params(
     return Params(name, text, n, drawn, seed, chosen, tuple(warnings))
 
 
+def clean_text(text: str, field: str, config: ServeConfig, warnings: list[str]) -> str:
+    """A prompt or caption with its whitespace collapsed: empty is a 422 naming ``field``;
+    past ``max_prompt_chars`` it is cut, with a warning appended to ``warnings``."""
+    text = " ".join(text.split())
+    if not text:
+        raise RequestError(422, f"{field} must not be empty")
+    if len(text) > config.max_prompt_chars:
+        warnings.append(f"{field} cut to {config.max_prompt_chars} characters (it had {len(text)})")
+        text = text[: config.max_prompt_chars].rstrip()
+    return text
+
+
 def _settings(name: str, pipe: Any, given: dict[str, Any]) -> Any:
     """The model's settings with the given generic fields set on their targets (422 naming
     the field when the model has no use for it or its settings refuse the value)."""
@@ -231,24 +254,31 @@ def _settings(name: str, pipe: Any, given: dict[str, Any]) -> Any:
     return settings
 
 
-def decode_image(data: bytes, config: ServeConfig, size: int) -> Any:
-    """Uploaded bytes -> (1, 3, size, size) float in [0, 1] (shorter side resized, centre
-    crop); anything but an allowlisted image under the pixel cap is a RequestError 400."""
+def load_upload(data: bytes, config: ServeConfig, what: str = "image") -> Any:
+    """Uploaded bytes -> an RGB ``PIL.Image`` at its own size; anything but an allowlisted
+    image under the pixel cap is a RequestError 400 (``bad {what}: ...``)."""
     from tessera.config.data import DataConfig
     from tessera.data.image_io import load_image
-    from tessera.data.transforms import center_crop, resize_shorter, to_tensor
 
     if not data:
-        raise RequestError(400, "the uploaded image is empty")
+        raise RequestError(400, f"the uploaded {what} is empty")
     limits = DataConfig(
         image_formats=config.image_formats, max_image_pixels=config.max_image_pixels
     )
     try:
-        img = load_image(bytes(data), limits)
+        return load_image(bytes(data), limits)
     except DataError as e:
-        raise RequestError(400, f"bad image: {_strip_name(str(e))}") from None
+        raise RequestError(400, f"bad {what}: {_strip_name(str(e))}") from None
     except (OSError, ValueError, SyntaxError) as e:  # a decoder's own complaint
-        raise RequestError(400, f"bad image: {e}") from None
+        raise RequestError(400, f"bad {what}: {e}") from None
+
+
+def decode_image(data: bytes, config: ServeConfig, size: int, what: str = "image") -> Any:
+    """Uploaded bytes -> (1, 3, size, size) float in [0, 1] (shorter side resized, centre
+    crop); anything but an allowlisted image under the pixel cap is a RequestError 400."""
+    from tessera.data.transforms import center_crop, resize_shorter, to_tensor
+
+    img = load_upload(data, config, what)
     return to_tensor(center_crop(resize_shorter(img, size), size)).unsqueeze(0)
 
 

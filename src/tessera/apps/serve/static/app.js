@@ -4,6 +4,13 @@
 const $ = (id) => document.getElementById(id);
 let models = [];
 let limits = {};
+// capability (/healthz) -> the page's panel for it
+const PANELS = {
+  variations: "variations-panel",
+  interpolation: "interpolate-panel",
+  text_diff: "textdiff-panel",
+  inpainting: "inpaint-panel",
+};
 
 function show(el, on) { el.hidden = !on; }
 
@@ -19,8 +26,7 @@ function setWarnings(list) {
 }
 
 function setBusy(busy, text, fraction) {
-  $("go").disabled = busy;
-  $("complete-go").disabled = busy;
+  for (const b of document.querySelectorAll("button[type=submit]")) b.disabled = busy;
   show($("status"), busy);
   if (text !== undefined) $("status-text").textContent = text;
   const bar = $("progress");
@@ -41,6 +47,8 @@ function applyModel() {
   const settings = settingsOf(m);
   show($("candidates-field"), caps.has("rerank"));
   show($("complete-panel"), caps.has("image_prompt"));
+  // unCLIP's manipulations: a panel per capability the model lists
+  for (const [cap, panel] of Object.entries(PANELS)) show($(panel), caps.has(cap));
   for (const field of ["guidance", "steps"]) {
     const s = settings[field];
     show($(`${field}-field`), Boolean(s));
@@ -113,6 +121,7 @@ async function loadModels() {
     $("n").max = limits.max_n;
     $("candidates").max = limits.max_candidates;
     $("prompt").maxLength = limits.max_prompt_chars * 4;
+    for (const id of ["interpolate-frames", "textdiff-frames"]) $(id).max = limits.max_n;
     applyModel();
   } catch (e) {
     setError(`cannot reach the server: ${e}`);
@@ -182,25 +191,35 @@ function tag(name, value) {
   return span;
 }
 
+// Every answer: `images` (each maybe with a `label`), and what the model was given first
+// (`given` for a completion; `inputs` for the manipulations); `layout` "strip" for frames.
 function render(result) {
   setWarnings(result.warnings);
   const grid = $("results");
+  const kind = result.kind || "generate";
+  const what = result.prompt || kind.replace("_", " ");
   const cards = [];
   if (result.given) {
-    cards.push(card(`data:image/png;base64,${result.given}`, `given: top ${result.keep_rows} rows`, null, result.prompt));
+    cards.push(card(`data:image/png;base64,${result.given}`, `given: top ${result.keep_rows} rows`, null, what, undefined, true));
+  }
+  for (const im of result.inputs || []) {
+    cards.push(card(`data:image/png;base64,${im.png}`, im.label, null, what, undefined, true));
   }
   result.images.forEach((im, i) => {
-    const score = im.score === null ? "" : `CLIP ${im.score.toFixed(3)}`;
-    cards.push(card(`data:image/png;base64,${im.png}`, `#${i + 1} ${score}`, im.checker, result.prompt, result.checker_understands));
+    const score = im.score === null || im.score === undefined ? "" : `CLIP ${im.score.toFixed(3)}`;
+    const title = `${im.label || `#${i + 1}`} ${score}`.trim();
+    cards.push(card(`data:image/png;base64,${im.png}`, title, im.checker, what, result.checker_understands));
   });
   grid.replaceChildren(...cards);
+  grid.classList.toggle("strip", result.layout === "strip");
+  grid.dataset.kind = kind;
   grid.dataset.seed = result.seed;
   $("seed").placeholder = `random (last: ${result.seed})`;
 }
 
-function card(src, title, checker, prompt, understood) {
+function card(src, title, checker, prompt, understood, given) {
   const fig = document.createElement("figure");
-  fig.className = "card";
+  fig.className = given ? "card given" : "card";
   const img = new Image();
   img.src = src;
   img.alt = `${prompt}: ${title}`;
@@ -226,6 +245,8 @@ function enlarge(src, caption) {
   $("viewer-img").src = src;
   $("viewer-caption").textContent = caption;
   $("download").href = src;
+  const name = caption.replace(/[^A-Za-z0-9=.]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 60);
+  $("download").download = `tessera-${name || "image"}.png`;
   $("viewer").showModal();
 }
 
@@ -259,27 +280,209 @@ $("gen").addEventListener("submit", async (ev) => {
   }
 });
 
-$("complete").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const file = $("image").files[0];
-  if (!file) { setError("Choose an image first."); return; }
-  if (limits.max_body_bytes && file.size > limits.max_body_bytes) {
-    setError(`Too large: the image has ${file.size} bytes; the limit is ${limits.max_body_bytes}`);
-    return;
+// The uploads' files, checked against the body limit here (the server checks again).
+function chosenFiles(ids) {
+  const files = ids.map((id) => $(id).files[0]);
+  if (files.some((f) => !f)) { setError(`Choose ${ids.length > 1 ? "both images" : "an image"} first.`); return null; }
+  const size = files.reduce((sum, f) => sum + f.size, 0);
+  if (limits.max_body_bytes && size > limits.max_body_bytes) {
+    setError(`Too large: the ${ids.length > 1 ? "images have" : "image has"} ${size} bytes; the limit is ${limits.max_body_bytes}`);
+    return null;
   }
-  const form = new FormData();
-  form.append("image", file);
-  form.append("prompt", $("prompt").value);
-  form.append("keep_rows", $("keep_rows").value);
+  return files;
+}
+
+// The shared fields of the form above, those the route takes: model, seed and the generic
+// steps / guidance the model has (only sent when set).
+function sharedFields(form, { n = false, steps = false, guidance = false } = {}) {
+  const settings = settingsOf(currentModel());
   form.append("model", $("model").value);
   if ($("seed").value !== "") form.append("seed", $("seed").value);
-  const m = currentModel();
-  if (settingsOf(m).guidance && $("guidance").value !== "") form.append("guidance", $("guidance").value);
+  if (n) form.append("n", $("n").value || "1");
+  if (steps && settings.steps && $("steps").value !== "") form.append("steps", $("steps").value);
+  if (guidance && settings.guidance && $("guidance").value !== "") form.append("guidance", $("guidance").value);
+  return form;
+}
+
+async function post(url, form) {
   try {
-    render(await run("/api/complete", { method: "POST", body: form }));
+    render(await run(url, { method: "POST", body: form }));
   } catch (e) {
     setError(e.message);
   }
+}
+
+$("complete").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const files = chosenFiles(["image"]);
+  if (!files) return;
+  const form = new FormData();
+  form.append("image", files[0]);
+  form.append("prompt", $("prompt").value);
+  form.append("keep_rows", $("keep_rows").value);
+  await post("/api/complete", sharedFields(form, { n: true, guidance: true }));
+});
+
+$("variations").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const files = chosenFiles(["variations-image"]);
+  if (!files) return;
+  const form = new FormData();
+  form.append("image", files[0]);
+  await post("/api/variations", sharedFields(form, { n: true, steps: true, guidance: true }));
+});
+
+$("interpolate").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const files = chosenFiles(["interpolate-a", "interpolate-b"]);
+  if (!files) return;
+  const form = new FormData();
+  form.append("image_a", files[0]);
+  form.append("image_b", files[1]);
+  form.append("frames", $("interpolate-frames").value);
+  await post("/api/interpolate", sharedFields(form, { steps: true }));
+});
+
+$("textdiff").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const files = chosenFiles(["textdiff-image"]);
+  if (!files) return;
+  const form = new FormData();
+  form.append("image", files[0]);
+  form.append("from_caption", $("from-caption").value);
+  form.append("to_caption", $("to-caption").value);
+  form.append("frames", $("textdiff-frames").value);
+  form.append("max_theta", $("max-theta").value);
+  await post("/api/textdiff", sharedFields(form, { steps: true }));
+});
+
+// -- the inpainting mask ---------------------------------------------------------------------
+// The mask lives in `mask.bits` (one byte per pixel of the image as displayed: 1 = repaint),
+// painted by stamping whole pixels inside a round brush, so it is exactly binary (a canvas
+// path would be anti-aliased). It is drawn over the image in red; what the server crops away
+// (outside the centred square) is dimmed. Sent as a black/white PNG at the displayed size.
+const MASK_ROOM = 384; // the largest side shown, in CSS pixels
+const mask = { w: 0, h: 0, bits: null, last: null };
+
+function maskReset() {
+  mask.bits = null;
+  mask.w = mask.h = 0;
+  show($("mask-box"), false);
+}
+
+function maskLoad(file) {
+  maskReset();
+  if (!file) return;
+  const url = URL.createObjectURL(file);
+  const img = new Image();
+  img.onload = () => {
+    URL.revokeObjectURL(url);
+    const room = Math.min($("inpaint").clientWidth || MASK_ROOM, MASK_ROOM);
+    const scale = Math.min(room / img.naturalWidth, MASK_ROOM / img.naturalHeight);
+    mask.w = Math.max(1, Math.round(img.naturalWidth * scale));
+    mask.h = Math.max(1, Math.round(img.naturalHeight * scale));
+    mask.bits = new Uint8Array(mask.w * mask.h);
+    for (const id of ["mask-image", "mask-paint"]) {
+      $(id).width = mask.w;
+      $(id).height = mask.h;
+    }
+    $("mask-box").style.width = `${mask.w}px`;
+    $("mask-box").style.aspectRatio = `${mask.w} / ${mask.h}`;
+    const ctx = $("mask-image").getContext("2d");
+    ctx.imageSmoothingEnabled = scale < 1;
+    ctx.drawImage(img, 0, 0, mask.w, mask.h);
+    show($("mask-box"), true);
+    maskDraw();
+  };
+  img.onerror = () => {
+    URL.revokeObjectURL(url);
+    setError("Bad input: this file is not an image the page can show; choose a PNG, JPEG, WebP, GIF or BMP.");
+  };
+  img.src = url;
+}
+
+function maskDraw() {
+  const { w, h, bits } = mask;
+  const side = Math.min(w, h);
+  const left = Math.floor((w - side) / 2), top = Math.floor((h - side) / 2);
+  const data = new ImageData(w, h);
+  const px = data.data;
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const i = y * w + x, o = 4 * i;
+      if (bits[i]) { px[o] = 255; px[o + 1] = 30; px[o + 2] = 90; px[o + 3] = 160; }
+      else if (x < left || x >= left + side || y < top || y >= top + side) { px[o + 3] = 130; }
+    }
+  }
+  $("mask-paint").getContext("2d").putImageData(data, 0, 0);
+  $("mask-paint").dataset.painted = String(bits.reduce((a, b) => a + b, 0));
+}
+
+// Every pixel whose centre lies within the brush's radius of (cx, cy) is set to `value`.
+function stamp(cx, cy, value) {
+  const r = Number($("brush-size").value) / 2;
+  const { w, h, bits } = mask;
+  for (let y = Math.max(0, Math.floor(cy - r)); y <= Math.min(h - 1, Math.ceil(cy + r)); y++) {
+    for (let x = Math.max(0, Math.floor(cx - r)); x <= Math.min(w - 1, Math.ceil(cx + r)); x++) {
+      const dx = x + 0.5 - cx, dy = y + 0.5 - cy;
+      if (dx * dx + dy * dy <= r * r) bits[y * w + x] = value;
+    }
+  }
+}
+
+function maskPoint(ev) {
+  const rect = $("mask-paint").getBoundingClientRect();
+  return [(ev.clientX - rect.left) * (mask.w / rect.width), (ev.clientY - rect.top) * (mask.h / rect.height)];
+}
+
+function maskStroke(ev) {
+  const value = $("tool-eraser").checked ? 0 : 1;
+  const [x, y] = maskPoint(ev);
+  const [x0, y0] = mask.last || [x, y];
+  const step = Math.max(1, Number($("brush-size").value) / 4);
+  const n = Math.max(1, Math.ceil(Math.hypot(x - x0, y - y0) / step));
+  for (let i = 1; i <= n; i++) stamp(x0 + ((x - x0) * i) / n, y0 + ((y - y0) * i) / n, value);
+  mask.last = [x, y];
+  maskDraw();
+}
+
+function maskPng() {
+  const canvas = document.createElement("canvas");
+  canvas.width = mask.w;
+  canvas.height = mask.h;
+  const data = new ImageData(mask.w, mask.h);
+  mask.bits.forEach((b, i) => {
+    const v = b ? 255 : 0;
+    data.data.set([v, v, v, 255], 4 * i);
+  });
+  canvas.getContext("2d").putImageData(data, 0, 0);
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
+$("inpaint-image").addEventListener("change", () => { setError(""); maskLoad($("inpaint-image").files[0]); });
+$("mask-paint").addEventListener("pointerdown", (ev) => {
+  if (!mask.bits) return;
+  ev.preventDefault();
+  $("mask-paint").setPointerCapture(ev.pointerId);
+  mask.last = null;
+  maskStroke(ev);
+});
+$("mask-paint").addEventListener("pointermove", (ev) => { if (mask.last && mask.bits) maskStroke(ev); });
+for (const type of ["pointerup", "pointercancel"]) {
+  $("mask-paint").addEventListener(type, () => { mask.last = null; });
+}
+$("mask-clear").addEventListener("click", () => { if (mask.bits) { mask.bits.fill(0); maskDraw(); } });
+
+$("inpaint").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const files = chosenFiles(["inpaint-image"]);
+  if (!files) return;
+  if (!mask.bits) { setError("Bad input: the image could not be shown, so no mask can be painted."); return; }
+  const form = new FormData();
+  form.append("image", files[0]);
+  form.append("mask", await maskPng(), "mask.png");
+  form.append("prompt", $("prompt").value);
+  await post("/api/inpaint", sharedFields(form, { n: true, steps: true, guidance: true }));
 });
 
 $("model").addEventListener("change", applyModel);
