@@ -171,6 +171,14 @@ def test_demo_takes_either_name(shipped, tmp_path) -> None:
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert summary["model"] == "dalle" and "unclip_checker_pass" in summary  # both, side by side
     assert (tmp_path / "d" / "image_prompt.png").is_file()
+    # one example of each unCLIP edit, a row each (with the unCLIP demo and beside DALL·E)
+    for run in ("u", "d"):
+        rows = json.loads((tmp_path / run / "summary.json").read_text())["edits"]["rows"]
+        assert list(rows) == ["variations", "interpolation", "text diff", "inpainting"]
+        edits = Image.open(tmp_path / run / "edits.png")
+        assert edits.width > 5 * 32 and edits.height > 4 * 32
+    grid = Image.open(tmp_path / "d" / "grid.png")  # labelled: a label column, a row a prompt
+    assert grid.width > 160 and grid.height > 8 * 32
 
 
 def test_eval_protocol_takes_the_name(shipped, tmp_path) -> None:

@@ -5,8 +5,11 @@ held-out colour-shape pairs, one and two objects, sizes, positions, relations) a
 ``candidates`` times each; the shipped CLIP keeps the best ``keep``; every kept image is judged
 by the shapes checker. An image-prompt example keeps the top half of real eval images and lets
 the model complete the rest from the caption (the paper's image-to-image translation).
-Writes ``grid.png`` (a row per prompt), ``image_prompt.png``, ``index.html`` (self-contained)
-and ``manifest.jsonl`` + PNGs, so ``tessera eval fidelity`` can re-score them.
+Writes ``grid.png`` (a row per prompt, the prompt beside it, each image framed green when it
+passes the checker and red when not), ``image_prompt.png``, ``index.html`` (self-contained)
+and ``manifest.jsonl`` + PNGs, so ``tessera eval fidelity`` can re-score them. With an unCLIP
+pipeline, ``edits.png`` shows one example of each of its edits: variations, interpolation,
+a text diff and inpainting.
 
 When the shipped DALL·E 2 (unCLIP) pipeline is installed too, the same prompts go through it
 (``unclip/``: its samples and manifest) and ``side_by_side.png`` shows both generators' kept
@@ -115,6 +118,10 @@ def run_generation_demo(
     )
     pixels = to_uint8(samples.images)
     verdicts = [bool(check_image(img, p).passed) for img, p in zip(pixels, samples.prompts)]
+    labels = [f"{p} ({what})" for p, what in DEMO_PROMPTS]
+    (out / "grid.png").write_bytes(
+        labelled_grid(pixels, samples.prompt_index, verdicts, labels, keep)
+    )
 
     # Image prompts: the top half of real eval images, completed from their own captions.
     captions: list[str] = []
@@ -144,6 +151,11 @@ def run_generation_demo(
         )
         if unclip_dir is not None and (unclip_dir / "model_index.json").is_file():
             compare = _unclip_side(out, unclip_dir, prompts, samples, candidates, keep, seed)
+
+    edits_pipe = pipe if pipe.kind == "unclip" else None
+    if edits_pipe is None and compare is not None:
+        edits_pipe = load_pipeline(compare["path"])
+    edits = None if edits_pipe is None else unclip_edits(out, edits_pipe, seed)
 
     seconds = time.perf_counter() - t0
     table_rows = []
@@ -178,6 +190,15 @@ def run_generation_demo(
                 f"best {keep} of {candidates} each; checker pass: DALL·E "
                 f"{100 * summary['checker_pass']:.0f}%, unCLIP "
                 f"{100 * compare['checker_pass']:.0f}%",
+            )
+        )
+    if edits is not None:
+        summary["edits"] = edits
+        extra_sections.append(
+            Image(
+                "unCLIP's edits: variations | interpolation | text diff | inpainting",
+                (out / "edits.png").read_bytes(),
+                "; ".join(f"{k}: {v}" for k, v in edits["rows"].items()),
             )
         )
     write_report(
@@ -222,13 +243,105 @@ def _unclip_side(
     ours = to_uint8(samples.images)
     verdicts = [bool(check_image(img, p).passed) for img, p in zip(ours, samples.prompts)]
     side = ours.shape[1]
-    theirs = [resize_uint8(im, (side, side)) for im in to_uint8(dalle_samples.images)]
-    tiles = []
+    dalle_pixels = to_uint8(dalle_samples.images)
+    theirs = [resize_uint8(im, (side, side)) for im in dalle_pixels]
+    dalle_ok = [
+        bool(check_image(im, p).passed) for im, p in zip(dalle_pixels, dalle_samples.prompts)
+    ]
+    tiles, marks = [], []
     for i in range(len(prompts)):
-        tiles += [t for t, j in zip(theirs, dalle_samples.prompt_index) if j == i]
-        tiles += [t for t, j in zip(ours, samples.prompt_index) if j == i]
-    (out / "side_by_side.png").write_bytes(grid_png(tiles, ncol=2 * keep))
+        mine = [k for k, j in enumerate(dalle_samples.prompt_index) if j == i]
+        other = [k for k, j in enumerate(samples.prompt_index) if j == i]
+        tiles += [theirs[k] for k in mine] + [ours[k] for k in other]
+        marks += [dalle_ok[k] for k in mine] + [verdicts[k] for k in other]
+    (out / "side_by_side.png").write_bytes(
+        grid_png(
+            tiles, ncol=2 * keep, row_labels=[f"{p}: DALL·E | unCLIP" for p in prompts], marks=marks
+        )
+    )
     return {
         "checker_pass": sum(verdicts) / len(verdicts),
         "seconds": round(time.perf_counter() - t0, 1),
+        "path": path,
     }
+
+
+def labelled_grid(
+    pixels: np.ndarray,
+    prompt_index: list[int],
+    verdicts: list[bool],
+    labels: list[str],
+    per_row: int,
+) -> bytes:
+    """The demo's grid: a row per prompt (its label beside it), each image framed green when
+    it passes the shapes checker, red when it does not."""
+    from tessera.data.images import grid_png
+
+    order = sorted(range(len(pixels)), key=lambda k: (prompt_index[k], k))
+    return grid_png(
+        [pixels[k] for k in order],
+        ncol=per_row,
+        row_labels=labels,
+        marks=[verdicts[k] for k in order],
+    )
+
+
+def unclip_edits(out: Path, pipe: Any, seed: int) -> dict[str, Any]:
+    """One example of each unCLIP edit on real eval images, as ``edits.png`` (a row each,
+    inputs first): variations, an interpolation, a text diff (recolouring) and an inpainting
+    (the right half repainted from a caption). Returns what each row shows and the time."""
+    import torch
+
+    from tessera.config.shapes import COLORS, ShapesConfig
+    from tessera.data.images import grid_png, to_uint8
+    from tessera.data.shapes import ShapesSource
+    from tessera.errors import DataError
+    from tessera.pipelines.manipulations import inpaint, interpolate, text_diff, variations
+
+    t0 = time.perf_counter()
+    size = pipe.image_size
+    src = ShapesSource(ShapesConfig(size=size), split="eval", n=64)
+    one = next(i for i in range(64) if src.scene(i).relation is None)
+    two = next(i for i in range(64) if src.scene(i).relation in ("left of", "right of"))
+    other = next(i for i in range(one + 1, 64) if src.scene(i).relation is None)
+
+    def tensor(i: int) -> torch.Tensor:
+        return torch.from_numpy(src.image(i)).permute(2, 0, 1).float().div(255)[None]
+
+    gen = torch.Generator(device=pipe.device).manual_seed(seed)
+    var = variations(pipe, tensor(one), n=4, generator=gen)
+    lerp = interpolate(pipe, tensor(one), tensor(other), frames=4, seed=seed)
+    obj = src.scene(one).objects[0]
+    new = COLORS[(COLORS.index(obj.color) + 1) % len(COLORS)]
+    diff = text_diff(
+        pipe, tensor(one), f"a {obj.color} {obj.shape}", f"a {new} {obj.shape}",
+        frames=4, max_theta=0.5, seed=seed,
+    )  # fmt: skip
+    scene = src.scene(two)
+    right = max(scene.objects, key=lambda o: o.cx)
+    left = min(scene.objects, key=lambda o: o.cx)
+    recolour = COLORS[(COLORS.index(right.color) + 1) % len(COLORS)]
+    caption = f"a {left.color} {left.shape} to the left of a {recolour} {right.shape}"
+    try:
+        pipe.check_caption_lengths([caption])
+    except DataError:  # a small tokenizer: the changed object alone
+        caption = f"a {recolour} {right.shape}"
+    mask = torch.zeros(size, size)
+    mask[:, size // 2 :] = 1
+    painted = inpaint(pipe, tensor(two), mask, caption, n=3, seed=seed).images
+    blank = torch.ones(1, 3, size, size)
+    rows = [
+        [tensor(one), var],
+        [tensor(one), tensor(other), lerp[1:3], blank],
+        [tensor(one), diff],
+        [tensor(two), mask.expand(1, 3, -1, -1), painted],
+    ]
+    tiles = to_uint8(torch.cat([t for row in rows for t in row]))
+    described = {
+        "variations": f"input, then 4 variations (eta 1, seed {seed})",
+        "interpolation": "A, B, then 2 frames between them",
+        "text diff": f"input, then 4 frames from '{obj.color} {obj.shape}' to '{new} {obj.shape}'",
+        "inpainting": f"input, mask (white = repaint), 3 results for '{caption}'",
+    }
+    (out / "edits.png").write_bytes(grid_png(list(tiles), ncol=5, row_labels=list(described)))
+    return {"rows": described, "seconds": round(time.perf_counter() - t0, 1)}

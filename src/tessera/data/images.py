@@ -92,11 +92,15 @@ def grid_png(
     ncol: int,
     pad: int = 2,
     captions: Sequence[str] | None = None,
+    *,
+    row_labels: Sequence[str] | None = None,
+    marks: Sequence[bool | None] | None = None,
 ) -> bytes:
     """PNG of equal-size uint8 tiles laid out row-major in ``ncol`` columns on white, with
     ``pad`` white pixels between tiles and around the edge, and optionally a one-line caption
-    under each tile (cut to the tile's width). Tiles of different sizes are an error: resize
-    them first (:func:`resize_uint8`)."""
+    under each tile (cut to the tile's width), a label left of each row (wrapped to a
+    column of its own) and a pass (green) / fail (red) frame per tile (None: no frame).
+    Tiles of different sizes are an error: resize them first (:func:`resize_uint8`)."""
     tiles = [_rgb(im) for im in images]
     if not tiles:
         raise ValueError("grid_png needs at least one image")
@@ -110,24 +114,45 @@ def grid_png(
         raise ValueError(f"pad must be >= 0, got {pad}")
     if captions is not None and len(captions) != len(tiles):
         raise ValueError(f"{len(tiles)} images but {len(captions)} captions")
+    if marks is not None and len(marks) != len(tiles):
+        raise ValueError(f"{len(tiles)} images but {len(marks)} marks")
     ncol = min(ncol, len(tiles))
     nrow = -(-len(tiles) // ncol)
-    font = ImageFont.load_default(size=10) if captions is not None else None
+    if row_labels is not None and len(row_labels) != nrow:
+        raise ValueError(f"{nrow} rows but {len(row_labels)} row labels")
+    font = ImageFont.load_default(size=10)
     cap_h = 13 if captions is not None else 0
     cell_h = h + cap_h
+    left = 0 if row_labels is None else 160  # the label column, px
     canvas = np.full(
-        (nrow * cell_h + (nrow + 1) * pad, ncol * w + (ncol + 1) * pad, 3), 255, np.uint8
+        (nrow * cell_h + (nrow + 1) * pad, left + ncol * w + (ncol + 1) * pad, 3), 255, np.uint8
     )
+    edge = max(1, min(h, w) // 24)  # frame width of a pass / fail mark
     for i, t in enumerate(tiles):
         r, c = divmod(i, ncol)
-        y, x = pad + r * (cell_h + pad), pad + c * (w + pad)
+        y, x = pad + r * (cell_h + pad), left + pad + c * (w + pad)
         canvas[y : y + h, x : x + w] = t
+        mark = None if marks is None else marks[i]
+        if mark is not None:
+            color = (30, 150, 60) if mark else (200, 40, 30)
+            for sl in (
+                np.s_[y : y + edge, x : x + w],
+                np.s_[y + h - edge : y + h, x : x + w],
+                np.s_[y : y + h, x : x + edge],
+                np.s_[y : y + h, x + w - edge : x + w],
+            ):
+                canvas[sl] = color
     img = PILImage.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    for r, label in enumerate(row_labels or ()):
+        y = pad + r * (cell_h + pad)
+        lines = _wrap(draw, str(label), font, left - 2 * pad)
+        for k, line in enumerate(lines[: max(1, cell_h // 12)]):
+            draw.text((pad, y + 12 * k), line, fill=(20, 20, 20), font=font)
     if captions is not None:
-        draw = ImageDraw.Draw(img)
         for i, text in enumerate(captions):
             r, c = divmod(i, ncol)
-            y, x = pad + r * (cell_h + pad) + h + 1, pad + c * (w + pad)
+            y, x = pad + r * (cell_h + pad) + h + 1, left + pad + c * (w + pad)
             text = str(text)
             if draw.textlength(text, font=font) > w:
                 while text and draw.textlength(text + "…", font=font) > w:
@@ -137,6 +162,17 @@ def grid_png(
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def _wrap(draw: Any, text: str, font: Any, width: int) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` px (at word boundaries)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(lines[-1] + " " + word, font=font) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines
 
 
 def grid_array(
