@@ -80,7 +80,7 @@ def open_clip_modules() -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def write_hf_tokenizer(folder: Path) -> Path:
+def write_hf_tokenizer(folder: Path, *, pad: str = "<|endoftext|>") -> Path:
     """OpenAI's BPE as transformers' CLIP tokenizer files (vocab.json, merges.txt,
     tokenizer_config.json) in ``folder``, built from open_clip's merges exactly as the
     released ``vocab.json`` is (bytes, bytes + ``</w>``, merges, the two specials)."""
@@ -103,7 +103,7 @@ def write_hf_tokenizer(folder: Path) -> Path:
                 "model_max_length": 77,
                 "bos_token": "<|startoftext|>",
                 "eos_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
+                "pad_token": pad,
                 "unk_token": "<|endoftext|>",
                 "tokenizer_class": "CLIPTokenizer",
             }

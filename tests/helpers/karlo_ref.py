@@ -47,7 +47,8 @@ def small_karlo(root: Path, *, seed: int = 0) -> SmallKarlo:
     tf = clip_ref.transformers_clip()
     diffusers, text_proj_cls = diffusers_unclip()
     torch.manual_seed(seed)
-    tok_dir = clip_ref.write_hf_tokenizer(root / "tokenizer_src")
+    # Karlo's tokenizer pads with "!" (id 0), as diffusers' conversion set it
+    tok_dir = clip_ref.write_hf_tokenizer(root / "tokenizer_src", pad="!")
     tc = clip_ref.small_text_config(legacy_eos=True, width=32)
     text = _jitter(tf.CLIPTextModelWithProjection(tf.CLIPTextConfig(**tc)))
     vision = _jitter(
@@ -94,10 +95,12 @@ def small_karlo(root: Path, *, seed: int = 0) -> SmallKarlo:
         )
     )
 
-    def super_res() -> Any:
+    def super_res(size: int | None) -> Any:
+        # as diffusers' Karlo conversion builds them: the UNet2DModel's default time
+        # embedding (added, no scale-shift); super_res_last without a sample_size
         return _jitter(
             diffusers.UNet2DModel(
-                sample_size=32,
+                sample_size=size,
                 in_channels=6,
                 out_channels=3,
                 block_out_channels=(16, 32),
@@ -105,7 +108,6 @@ def small_karlo(root: Path, *, seed: int = 0) -> SmallKarlo:
                 down_block_types=("ResnetDownsampleBlock2D",) * 2,
                 up_block_types=("ResnetUpsampleBlock2D",) * 2,
                 add_attention=False,
-                resnet_time_scale_shift="scale_shift",
                 norm_num_groups=8,
             )
         )
@@ -117,8 +119,8 @@ def small_karlo(root: Path, *, seed: int = 0) -> SmallKarlo:
         text_encoder=text,
         tokenizer=tf.CLIPTokenizer.from_pretrained(str(tok_dir)),
         text_proj=text_proj,
-        super_res_first=super_res(),
-        super_res_last=super_res(),
+        super_res_first=super_res(32),
+        super_res_last=super_res(None),
         # Karlo's scheduler configs (the prior's x0 clamped at +-5 here to exercise the clamp)
         prior_scheduler=sched(
             variance_type="fixed_small_log", prediction_type="sample", clip_sample_range=5.0

@@ -258,9 +258,9 @@ def test_unsupported_config_and_missing_component(karlo, tmp_path):
     bad = _copy(karlo.folder, tmp_path / "bad")
     cfg_file = bad / "decoder" / "config.json"
     cfg = json.loads(cfg_file.read_text())
-    cfg["resnet_time_scale_shift"] = "default"
+    cfg["cross_attention_norm"] = "layer_norm"
     cfg_file.write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="resnet_time_scale_shift"):
+    with pytest.raises(CheckpointError, match="cross_attention_norm"):
         load_karlo(bad, clip=karlo.clip_folder)
     import shutil
 

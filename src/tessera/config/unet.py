@@ -32,6 +32,9 @@ class UNetConfig(Config):
       input size and concatenated to it (guided-diffusion's ``SuperResModel``); 0 = none.
     num_groups: GroupNorm groups (ADM: 32); every level's width must be divisible by it.
     resblock_updown: down/upsample with residual blocks (ADM/BigGAN) instead of plain convs.
+    scale_shift_norm: the timestep embedding scales and shifts the second GroupNorm's output
+      (ADM's ``use_scale_shift_norm``); False adds it before that norm (DDPM; Karlo's
+      super-resolution UNets).
     low_res_resize: how the low-resolution image is resized to the input size: ``bilinear``
       (guided-diffusion's ``SuperResModel``) or ``bicubic_antialias`` (Karlo, as diffusers'
       unCLIP pipeline does it).
@@ -52,6 +55,7 @@ class UNetConfig(Config):
     low_res_channels: int = 0
     num_groups: int = 32
     resblock_updown: bool = True
+    scale_shift_norm: bool = True
     low_res_resize: Literal["bilinear", "bicubic_antialias"] = "bilinear"
 
     @property

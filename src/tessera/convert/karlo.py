@@ -125,7 +125,6 @@ _UNET_REQUIRED: dict[str, Any] = {
     "flip_sin_to_cos": True,
     "freq_shift": 0,
     "norm_eps": 1e-5,
-    "resnet_time_scale_shift": "scale_shift",
     "mid_block_scale_factor": 1,
     "resnet_out_scale_factor": 1.0,
     "resnet_skip_time_act": False,
@@ -149,7 +148,9 @@ _DOWN = {"ResnetDownsampleBlock2D": False, "SimpleCrossAttnDownBlock2D": True}
 _UP = {"ResnetUpsampleBlock2D": False, "SimpleCrossAttnUpBlock2D": True}
 
 
-def unet_config(cfg: Mapping[str, Any], where: str, **extra: Any) -> UNetConfig:
+def unet_config(
+    cfg: Mapping[str, Any], where: str, *, sample_size: int | None = None, **extra: Any
+) -> UNetConfig:
     """A diffusers ``UNet2DConditionModel`` / ``UNet2DModel`` config of Karlo's kind (ADM
     resnets with scale-shift norm, resampling resnets, GLIDE-style attention over pixels plus
     extra key/value tokens) -> :class:`UNetConfig`. ``extra`` sets tessera-only fields."""
@@ -169,7 +170,12 @@ def unet_config(cfg: Mapping[str, Any], where: str, **extra: Any) -> UNetConfig:
     layers = cfg.get("layers_per_block", 2)
     if not isinstance(layers, int):
         raise CheckpointError(f"{where}: per-level layers_per_block {layers!r} not supported")
-    size = int(cfg["sample_size"])
+    size = cfg.get("sample_size") or sample_size  # Karlo's super_res_last leaves it unset
+    if not isinstance(size, int):
+        raise CheckpointError(f"{where}: no sample_size")
+    shift = cfg.get("resnet_time_scale_shift", "default")
+    if shift not in ("scale_shift", "default"):
+        raise CheckpointError(f"{where}: resnet_time_scale_shift={shift!r} is not supported")
     sides = tuple(size // 2**i for i, a in enumerate(attn) if a)
     mid = cfg.get("mid_block_type", "UNetMidBlock2D")
     if mid == "UNetMidBlock2DSimpleCrossAttn":  # UNet2DConditionModel
@@ -199,6 +205,7 @@ def unet_config(cfg: Mapping[str, Any], where: str, **extra: Any) -> UNetConfig:
             context_dim=int(cfg.get("cross_attention_dim") or 0) if sides else 0,
             num_groups=int(cfg.get("norm_num_groups", 32)),
             resblock_updown=True,
+            scale_shift_norm=shift == "scale_shift",
             **extra,
         )
     except ConfigError as e:
@@ -478,18 +485,23 @@ def upsampler_from_diffusers(
     """Karlo's ``super_res_first`` (+ ``super_res_last``) ``UNet2DModel`` pair ->
     :class:`Upsampler` (``last_unet``: the final step's network)."""
 
-    def one(cfg: Mapping[str, Any], name: str) -> UNetConfig:
+    def one(cfg: Mapping[str, Any], name: str, size: int | None = None) -> UNetConfig:
         _require(cfg, name, in_channels=6, out_channels=3, add_attention=False)
         if "add_attention" not in cfg:
             raise CheckpointError(
                 f"{name}: a super-resolution UNet with attention is not supported"
             )
         return unet_config(
-            cfg, name, low_res_channels=3, low_res_resize="bicubic_antialias", out_channels=3
+            cfg,
+            name,
+            sample_size=size,
+            low_res_channels=3,
+            low_res_resize="bicubic_antialias",
+            out_channels=3,
         )
 
     first = one(first_cfg, f"{where}_first")
-    last = one(last_cfg, f"{where}_last") if last_cfg is not None else None
+    last = one(last_cfg, f"{where}_last", first.image_size) if last_cfg is not None else None
     try:
         cfg = UpsamplerConfig(
             unet=first,

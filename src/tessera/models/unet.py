@@ -73,7 +73,15 @@ class UNet(nn.Module):
             )
 
         def res(ch_in: int, ch_out: int, **kw: bool) -> ResBlock:
-            return ResBlock(ch_in, emb_dim, ch_out, dropout=cfg.dropout, groups=g, **kw)
+            return ResBlock(
+                ch_in,
+                emb_dim,
+                ch_out,
+                dropout=cfg.dropout,
+                groups=g,
+                scale_shift=cfg.scale_shift_norm,
+                **kw,
+            )
 
         self.input_conv = nn.Conv2d(cfg.in_channels + cfg.low_res_channels, mc, 3, padding=1)
         self.down = nn.ModuleList()

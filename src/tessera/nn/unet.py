@@ -65,7 +65,9 @@ class Upsample(nn.Module):
 class ResBlock(nn.Module):
     """ADM residual block: GN-SiLU-conv, then ``GN(h) * (1 + scale) + shift`` from the
     timestep embedding (scale-shift norm), SiLU, dropout, a zero-initialised conv; an
-    optional 2x down/upsampling of both the path and the skip (BigGAN-style)."""
+    optional 2x down/upsampling of both the path and the skip (BigGAN-style). With
+    ``scale_shift=False`` the projected embedding is added before the norm instead
+    (``GN(h + emb)``: DDPM's block, ADM's ``use_scale_shift_norm=False``)."""
 
     def __init__(
         self,
@@ -77,8 +79,10 @@ class ResBlock(nn.Module):
         groups: int = 32,
         up: bool = False,
         down: bool = False,
+        scale_shift: bool = True,
     ) -> None:
         super().__init__()
+        self.scale_shift = scale_shift
         self.in_norm = GroupNorm32(groups, channels)
         self.in_conv = nn.Conv2d(channels, out_channels, 3, padding=1)
         self.resample: nn.Module | None = None
@@ -86,7 +90,7 @@ class ResBlock(nn.Module):
             self.resample = Upsample(channels, conv=False)
         elif down:
             self.resample = Downsample(channels, conv=False)
-        self.emb = nn.Linear(emb_dim, 2 * out_channels)
+        self.emb = nn.Linear(emb_dim, (2 if scale_shift else 1) * out_channels)
         self.out_norm = GroupNorm32(groups, out_channels)
         self.dropout = nn.Dropout(dropout)
         self.out_conv = zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1))
@@ -99,8 +103,12 @@ class ResBlock(nn.Module):
         if self.resample is not None:  # resample after the activation, as ADM does
             h, x = self.resample(h), self.resample(x)
         h = self.in_conv(h)
-        scale, shift = self.emb(F.silu(emb))[:, :, None, None].chunk(2, dim=1)  # (B, C, 1, 1)
-        h = self.out_norm(h) * (1 + scale) + shift
+        e = self.emb(F.silu(emb))[:, :, None, None]  # (B, 2C or C, 1, 1)
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.out_norm(h) * (1 + scale) + shift
+        else:
+            h = self.out_norm(h + e)
         h = self.out_conv(self.dropout(F.silu(h)))
         return self.skip(x) + h
 
