@@ -236,7 +236,5 @@ def test_init_from_starts_from_a_release_checkpoint(inputs, tmp_path) -> None:
     wb = load_file(str(state.list_complete(tmp_path / "b")[-1] / "model.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
     with pytest.raises(ConfigError, match="its model config differs"):
-        runner.train_stage(
-            "decoder", run_dir=tmp_path / "c", steps=1, overrides=[*tuned, "model.clip_dropout=0.5"],
-            **common,
-        )  # fmt: skip
+        bad = [*tuned, "model.clip_dropout=0.5"]
+        runner.train_stage("decoder", run_dir=tmp_path / "c", steps=1, overrides=bad, **common)
