@@ -206,14 +206,13 @@ def test_end_to_end_same_images(karlo, converted):
 
 
 def test_end_to_end_at_karlo_guidance(karlo, converted):
-    """At Karlo's guidance (prior 4, decoder 8) an untrained network amplifies rounding (the
-    first step's x0 = x / sqrt(abar) - ..., 1/sqrt(abar_999) ~ 645, clamped; then guidance 8
-    over 25 steps): measured, 2 of 3 seeds agree within 1e-4 everywhere, one has a patch up
-    to 0.13 off (mean 4e-5); with diffusers' float32 tables, patches up to 0.78 (means
-    <= 4e-4). Bounded on average, so a change of method would still show."""
+    """Karlo's guidance (prior 4, decoder 8): within 1e-3 too (measured 4.7e-5; seeds 7-9:
+    <= 1.2e-4). With diffusers' own float32 tables instead of float64 ones a few pixels move
+    far (measured up to 0.86 at seeds 7-9, guidance 2 or Karlo's; means <= 4.9e-4): the first
+    step reads x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) with 1/sqrt(abar_999) ~ 645 before
+    the clamp, so the tables' rounding decides pixels near it. Bounded on average."""
     ours = _ours(converted, 7, (4.0, 8.0))
-    ref = _reference_images(karlo, 7, guidance=(4.0, 8.0))
-    assert (ours - ref).abs().mean() < 1e-3
+    assert _max(ours, _reference_images(karlo, 7, guidance=(4.0, 8.0))) < 1e-3
     ref32 = _reference_images(karlo, 7, guidance=(4.0, 8.0), float64=False)
     assert (ours - ref32).abs().mean() < 2e-3
 
