@@ -306,6 +306,19 @@ def test_cli_convert_generate_variations(karlo, tmp_path):
     assert main(["variations", image, "--model", str(out), "--n", "2", "--out", str(var)]) == 0
     pngs = sorted(var.glob("variation_*.png"))
     assert len(pngs) == 2 and Image.open(pngs[0]).size == (32, 32)
+    # the other manipulations run on it too
+    other = str(gen / "0001-000.png")
+    model = ["--model", str(out)]
+    assert (
+        main(["interpolate", image, other, "--frames", "3", *model, "--out", str(tmp_path / "i")])
+        == 0
+    )
+    diff = ["--from", "a cube", "--to", "a fox", "--frames", "3"]
+    assert main(["textdiff", image, *diff, *model, "--out", str(tmp_path / "t")]) == 0
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.repeat(np.array([[0] * 16 + [255] * 16], np.uint8), 32, 0)).save(mask)
+    inpaint = ["inpaint", image, "a red cube", "--mask", str(mask), "--n", "2", *model]
+    assert main([*inpaint, "--out", str(tmp_path / "p")]) == 0
 
 
 def test_serve_generates_from_the_converted_folder(converted):
