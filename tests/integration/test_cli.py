@@ -98,7 +98,7 @@ def test_decoder_train_describes_what_the_decoder_reads(capsys):
     assert "stage 2" not in text and "--vae" not in text  # the decoder reads no dVAE
     assert "condition the decoder" in _option_help(text, "--clip")
     assert "decoder's captions" in _option_help(text, "--tokenizer")
-    assert "dVAE checkpoint that tokenizes" in _option_help(
+    assert "image tokenizer checkpoint (a dVAE or a VQGAN)" in _option_help(
         _help(capsys, "dalle", "train"), "--vae"
     )
 

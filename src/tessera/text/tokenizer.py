@@ -320,13 +320,14 @@ class TextTokenizer:
         *,
         train: bool = False,
         add_eos: bool = False,
-        seed: int | None = None,
+        seed: int | Sequence[int] | None = None,
     ) -> EncodedBatch:
         """Encode and pad a batch of captions to ``(B, max_length)``.
 
         train: apply BPE dropout (``config.dropout``) — for training batches only, drawn from
-          ``seed`` (required then): the same texts and seed give the same segmentation, so a
-          resumed or repeated run sees the same ids (inference never varies).
+          ``seed`` (required then; one int for the batch, or one per text): the same texts and
+          seeds give the same segmentation, so a resumed or repeated run sees the same ids
+          (inference never varies).
         add_eos: end every caption with ``<eos>`` (the CLIP text encoder pools there); the
           ``<eos>`` is kept when truncating, so at most ``max_length - 1`` caption tokens.
         With ``config.add_bos`` every caption also starts with ``<bos>`` (one token less room),
@@ -387,10 +388,18 @@ class TextTokenizer:
             bad = next(t for t in texts if not isinstance(t, str))
             raise TokenizerError(f"can only encode str, got {type(bad).__name__}") from None
 
-    def _encode_dropout(self, texts: Sequence[str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    def _encode_dropout(
+        self, texts: Sequence[str], seed: int | Sequence[int]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`_encode_flat` with seeded BPE dropout (see :class:`_SeededBPEDropout`)."""
         assert self._dropout is not None
-        rng = random.Random(seed)
+        if isinstance(seed, int):
+            one = random.Random(seed)
+            rngs = [one] * len(texts)
+        else:
+            if len(seed) != len(texts):
+                raise TokenizerError(f"{len(seed)} dropout seeds for {len(texts)} texts")
+            rngs = [random.Random(s) for s in seed]
         pre = self._plain.pre_tokenizer
         rows = [
             [
@@ -398,7 +407,7 @@ class TextTokenizer:
                 for word, _ in pre.pre_tokenize_str(t)
                 for i in self._dropout.ids(word, self.config.dropout, rng)
             ]
-            for t in self._normalized(texts)
+            for t, rng in zip(self._normalized(texts), rngs, strict=True)
         ]
         counts = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
         flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64)

@@ -90,7 +90,9 @@ def shapes_image_batches(
         idx = range(start, start + batch_size)
         images = np.stack([src.image(i) for i in idx])  # (B, S, S, 3) uint8
         tensor = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-        return {"images": tensor, "captions": [src.captions(i) for i in idx]}
+        # "index": each example's global index, so its own random choices (caption, BPE
+        # dropout) do not depend on how the global batch is split across ranks
+        return {"images": tensor, "captions": [src.captions(i) for i in idx], "index": list(idx)}
 
     def from_batch(b0: int) -> Iterator[Any]:
         b = b0
@@ -193,6 +195,20 @@ class DrawnBatches:
     def make(self, batch: dict[str, Any], seed: int) -> Any:
         """The stage's batch from the source's ``batch``; ``seed`` seeds all its draws."""
         raise NotImplementedError
+
+    def example_rngs(self, batch: dict[str, Any], seed: int) -> list[random.Random]:
+        """One generator per example for the choices that belong to the example (its
+        caption, its BPE dropout, whether its caption is dropped): keyed by the example's
+        global index when the source gives it (the built-in set), so that the same global
+        batch draws the same on any number of ranks and a checkpoint resumes exactly on
+        another; else by the batch's ``seed`` and the position in the batch."""
+        keys = batch.get("index")
+        if keys is None:
+            return [
+                random.Random(draw_seed(seed, 0, i, "example"))
+                for i in range(len(batch["captions"]))
+            ]
+        return [random.Random(draw_seed(self.seed, -1, int(k), "example")) for k in keys]
 
     def state_dict(self) -> dict[str, int]:
         return {**self.inner.state_dict(), "drawn": self.index}

@@ -64,13 +64,14 @@ class CaptionedImages(DrawnBatches):
         self.hard_negatives, self.exclude_pairs = hard_negatives, exclude_pairs
 
     def make(self, batch: dict[str, Any], seed: int) -> dict[str, Any]:
-        rng = random.Random(seed)
+        rngs = self.example_rngs(batch, seed)
         if self.hard_negatives <= 0:
-            captions = [pick_caption(c, rng) for c in batch["captions"]]
-            enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True, seed=seed)
+            captions = [pick_caption(c, r) for c, r in zip(batch["captions"], rngs, strict=True)]
+            seeds = [r.getrandbits(63) for r in rngs]
+            enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True, seed=seeds)
             return {"images": batch["images"], "text": enc.ids}
         captions, negatives = [], []
-        for caps in batch["captions"]:
+        for caps, rng in zip(batch["captions"], rngs, strict=True):
             caption, negs = self._with_negatives(caps, rng)
             captions.append(caption)
             negatives.append(negs)

@@ -9,7 +9,6 @@ classifier-free guidance needs.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from tessera.config.dalle import DalleConfig
 from tessera.config.training import TrainConfig
 from tessera.errors import ConfigError
 from tessera.models.dalle import DALLE, empty_text, prepare_text, warn_truncated
-from tessera.nn.rng import generator_for
 from tessera.pipelines.dalle import (
     DallePipeline,
     check_compatible,
@@ -62,16 +60,18 @@ class TokenBatches(DrawnBatches):
         self._warned = False
 
     def make(self, batch: dict[str, Any], seed: int) -> dict[str, Any]:
-        rng = random.Random(seed)
-        captions = [pick_caption(c, rng) for c in batch["captions"]]
-        enc = self.tokenizer.encode_batch(captions, train=True, seed=seed)
+        rngs = self.example_rngs(batch, seed)
+        captions = [pick_caption(c, r) for c, r in zip(batch["captions"], rngs, strict=True)]
+        seeds = [r.getrandbits(63) for r in rngs]
+        enc = self.tokenizer.encode_batch(captions, train=True, seed=seeds)
+        drop = torch.tensor([r.random() < self.cfg.caption_dropout for r in rngs])
         self.truncated += int((enc.lengths > self.cfg.text_len - 1).sum())
         if self.truncated and not self._warned:  # BPE dropout lengthens captions
             self._warned = bool(warn_truncated(enc.lengths, self.cfg, what="training caption"))
         text = prepare_text(enc.ids, enc.lengths, self.cfg)
         with torch.no_grad():
             image = self.vae.encode(batch["images"]).flatten(1)  # (B, grid**2)
-        return {"text": text, "image": image, "seed": seed}
+        return {"text": text, "image": image, "drop_caption": drop, "seed": seed}
 
 
 def load_frozen(cfg: DalleConfig, data: DataSpec) -> tuple[nn.Module, Any]:
@@ -110,8 +110,7 @@ def make_objective(cfg: DalleConfig) -> Objective:
     def objective(model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         text, image = batch["text"], batch["image"]
         if cfg.caption_dropout > 0:
-            g = generator_for(text.device, batch["seed"])  # the batch's device (the loader's)
-            drop = torch.rand(text.shape[0], generator=g, device=text.device) < cfg.caption_dropout
+            drop = batch["drop_caption"].to(text.device)  # drawn per example with its caption
             if drop.any():
                 text = torch.where(drop[:, None], empty_text(text.shape[0], cfg, text.device), text)
         device = next(model.parameters()).device

@@ -11,7 +11,6 @@ a resumed run draws the same ones.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,9 +97,10 @@ class DecoderBatches(DrawnBatches):
         self.clip, self.tokenizer = clip, tokenizer
 
     def make(self, batch: dict[str, Any], seed: int) -> dict[str, Any]:
-        rng = random.Random(seed)
-        captions = [pick_caption(c, rng) for c in batch["captions"]]
-        enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True, seed=seed)
+        rngs = self.example_rngs(batch, seed)
+        captions = [pick_caption(c, r) for c, r in zip(batch["captions"], rngs, strict=True)]
+        seeds = [r.getrandbits(63) for r in rngs]
+        enc = self.tokenizer.encode_batch(captions, train=True, add_eos=True, seed=seeds)
         return {
             "images": batch["images"],
             "text": enc.ids,

@@ -16,7 +16,6 @@ on the fresh model before the trainer copies its weights into the EMA.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -109,9 +108,10 @@ class PriorBatches(DrawnBatches):
         self.clip, self.tokenizer, self.train = clip, tokenizer, train
 
     def make(self, batch: dict[str, Any], seed: int) -> dict[str, Any]:
-        rng = random.Random(seed)
-        captions = [pick_caption(c, rng) for c in batch["captions"]]
-        ids = self.tokenizer.encode_batch(captions, train=self.train, add_eos=True, seed=seed).ids
+        rngs = self.example_rngs(batch, seed)
+        captions = [pick_caption(c, r) for c, r in zip(batch["captions"], rngs, strict=True)]
+        seeds = [r.getrandbits(63) for r in rngs]
+        ids = self.tokenizer.encode_batch(captions, train=self.train, add_eos=True, seed=seeds).ids
         return {
             "text": ids,
             "z_i": embed_images(self.clip, batch["images"]),
