@@ -255,3 +255,21 @@ def test_sigterm_checkpoints_and_stops(tmp_path):
     assert "interrupted=True" in out
     step = int(out.split("step=")[1].split()[0])
     assert state.list_complete(run)[-1].name == f"step-{step:08d}"
+
+
+def test_a_config_field_added_since_the_checkpoint_resumes_at_its_default(tmp_path):
+    """A checkpoint written before a model-config field existed (its saved dict lacks the key)
+    resumes when the field is at its default; another value is still a readable diff."""
+    from tessera.config.presets import preset
+    from tessera.training.trainer import Trainer
+
+    cfg = preset("decoder", "tiny")
+    saved = cfg.to_dict()
+    del saved["text_encoder"]  # an option added later, as an older checkpoint lacks it
+    del saved["unet"]["scale_shift_norm"]
+    t = Trainer.__new__(Trainer)
+    t.model_config = cfg
+    t._check_model_config(tmp_path, saved)  # at their defaults: no error
+    saved_other = {**cfg.to_dict(), "clip_dropout": cfg.clip_dropout + 0.1}
+    with pytest.raises(CheckpointError, match="clip_dropout: checkpoint"):
+        t._check_model_config(tmp_path, saved_other)

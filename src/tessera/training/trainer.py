@@ -250,12 +250,7 @@ class Trainer:
                 saved_cfg.get("batch_size"),
                 self.cfg.batch_size,
             )
-        if self.model_config is not None and meta.get("model_config") not in (
-            None,
-            self.model_config.to_dict(),
-        ):
-            diff = _dict_diff(meta["model_config"], self.model_config.to_dict())
-            raise CheckpointError(f"{path}: model config differs from the checkpoint: {diff}")
+        self._check_model_config(path, meta.get("model_config"))
         if meta.get("world_size", 1) != self.ctx.world_size:
             raise CheckpointError(
                 f"{path} was written with world size {meta.get('world_size')}, this run has "
@@ -295,6 +290,22 @@ class Trainer:
             log.info("resumed from %s (step %d)", path, self.step)
             _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
 
+    def _check_model_config(self, path: Path, saved: dict[str, Any] | None) -> None:
+        """One line naming what differs when the checkpoint's model config is not the run's.
+        The saved dict is read through the config class first, so a field added to the
+        config since the checkpoint was written counts at its default (a run resumes across
+        an upgrade that adds an option with the old behaviour as its default)."""
+        if self.model_config is None or saved is None:
+            return
+        now = self.model_config.to_dict()
+        try:
+            then = type(self.model_config).from_dict(saved).to_dict()
+        except TesseraError:  # a key the config no longer has, or a bad value
+            then = saved
+        if then != now:
+            diff = _dict_diff(then, now)
+            raise CheckpointError(f"{path}: model config differs from the checkpoint: {diff}")
+
     def _dcp_state(self) -> dict[str, Any]:
         """Model, optimizer (by parameter name) and EMA: sharded DTensors under fsdp, plain
         tensors alone; DCP saves either and loads either into the other."""
@@ -318,12 +329,7 @@ class Trainer:
         from torch.distributed.checkpoint.state_dict import set_state_dict
 
         meta, extra = state.read_dcp_state(path)
-        if self.model_config is not None and meta.get("model_config") not in (
-            None,
-            self.model_config.to_dict(),
-        ):
-            diff = _dict_diff(meta["model_config"], self.model_config.to_dict())
-            raise CheckpointError(f"{path}: model config differs from the checkpoint: {diff}")
+        self._check_model_config(path, meta.get("model_config"))
         saved_world = int(meta.get("world_size", 1))
         saved_global = int(meta.get("train_config", {}).get("batch_size", 0)) * saved_world
         if saved_global != self.cfg.batch_size * self.ctx.world_size:
