@@ -17,16 +17,15 @@ what the tensors do not hold (the image size, GroupNorm's group count) comes fro
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from tessera.config.vqgan import VQGANConfig
-from tessera.errors import CheckpointError, ConfigError, UnsafeCheckpointError
+from tessera.convert.weights import read_state_dict
+from tessera.errors import CheckpointError, ConfigError
 from tessera.vae.vqgan import VQGAN
 
 __all__ = [
@@ -43,48 +42,6 @@ _MAX_NAMED = 3
 def _named(keys: list[str]) -> str:
     shown = ", ".join(repr(k) for k in keys[:_MAX_NAMED])
     return shown + (f" (+{len(keys) - _MAX_NAMED} more)" if len(keys) > _MAX_NAMED else "")
-
-
-def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
-    """``{name: tensor}`` from a ``.safetensors`` file or a weights-only ``torch.load`` file
-    (a Lightning checkpoint's ``state_dict`` entry is taken). Pickled objects are refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{what} file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            obj: Any = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"corrupt or truncated safetensors file {path}: {e}") from None
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise UnsafeCheckpointError(
-                f"{path} holds pickled Python objects, not just tensors; tessera never "
-                "unpickles them. Save its tensors once, in an environment you trust: "
-                'python -c "import torch; from safetensors.torch import save_file; '
-                f"c = torch.load({str(path)!r}, map_location='cpu', weights_only=False); "
-                "sd = c.get('state_dict', c); save_file({k: v.contiguous() for k, v in "
-                f'sd.items()}}, {str(path.with_suffix(".safetensors"))!r})" -- then pass the '
-                ".safetensors file"
-            ) from None
-        except (RuntimeError, OSError, EOFError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"cannot read {path} as a state dict: {first}") from None
-        if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-            obj = obj["state_dict"]
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        raise CheckpointError(f"{path}: {len(bad)} non-tensor entries, e.g. {bad[0]!r}")
-    if not obj:
-        raise CheckpointError(f"{path}: the state dict is empty")
-    return dict(obj)
 
 
 # -- diffusers -> taming names ---------------------------------------------------------------

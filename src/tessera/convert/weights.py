@@ -86,16 +86,18 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"corrupt or truncated safetensors file {path}: {e}") from None
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | Path, what: str = "weights") -> dict[str, torch.Tensor]:
     """A ``{name: tensor}`` state dict from a ``.safetensors`` file, a sharded safetensors
-    index, a weights-only ``torch.save`` file, or a component folder holding one of those.
+    index, a weights-only ``torch.save`` file (a Lightning checkpoint's ``state_dict`` entry is
+    taken), or a component folder holding one of those. ``what`` names the file in errors.
 
-    Pickled modules or any non-tensor object are refused (:class:`UnsafeCheckpointError`)."""
+    Pickled modules or any non-tensor object are refused (:class:`UnsafeCheckpointError`, with
+    the one command that re-saves the tensors as safetensors in a trusted environment)."""
     path = Path(path)
     if path.is_dir():
         path = find_weights(path)
     if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
+        raise CheckpointError(f"{what} file not found: {path}")
     if path.name.endswith(".safetensors.index.json"):
         index = read_json(path)
         shards = sorted(set((index.get("weight_map") or {}).values()))
@@ -114,9 +116,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise UnsafeCheckpointError(
-                f"{path} holds pickled Python objects, not only tensors; tessera reads "
-                "safetensors or weights-only state dicts (re-save it as .safetensors in an "
-                "environment you trust)"
+                f"{path} holds pickled Python objects, not just tensors; tessera never "
+                "unpickles them. Save its tensors once, in an environment you trust: "
+                'python -c "import torch; from safetensors.torch import save_file; '
+                f"c = torch.load({str(path)!r}, map_location='cpu', weights_only=False); "
+                "sd = c.get('state_dict', c); save_file({k: v.contiguous() for k, v in "
+                f'sd.items()}}, {str(path.with_suffix(".safetensors"))!r})" -- then pass the '
+                ".safetensors file"
             ) from None
         except (RuntimeError, OSError, EOFError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -128,6 +134,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path}: {len(bad)} non-tensor entries, e.g. {bad[0]!r}")
+    if not obj:
+        raise CheckpointError(f"{path}: the state dict is empty")
     return dict(obj)
 
 
