@@ -175,10 +175,11 @@ def draw_seed(seed: int, rank: int, index: int, stream: str = "") -> int:
 
 class DrawnBatches:
     """Base of a stage's batch stream: wraps an image-caption stream and hands each batch the
-    seed of its own random draws (:func:`draw_seed`), so that caption choice, BPE dropout,
+    seed of its own random draws (:func:`draw_seed` of run seed, rank, batch index), so that
     noise levels, noise, crops and guidance drops differ across ranks and micro-batches and a
-    resumed run draws exactly the same ones. Subclasses implement :meth:`make`; the batch
-    index is part of the saved data position."""
+    resumed run draws exactly the same ones; the choices that belong to one example (caption,
+    BPE dropout, caption dropout) come from :meth:`example_rngs`. Subclasses implement
+    :meth:`make`; the batch index is part of the saved data position."""
 
     def __init__(self, inner: BatchStream, *, seed: int, rank: int) -> None:
         self.inner, self.seed, self.rank, self.index = inner, seed, rank, 0

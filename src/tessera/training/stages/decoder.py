@@ -3,10 +3,10 @@ the diffusion loss of the decoder UNet.
 
 Each image is embedded by a frozen CLIP (``--clip``, by default the shipped shapes CLIP) at
 the CLIP's own resolution; one of its captions is BPE-encoded with dropout, as CLIP's are.
-The caption choice, its BPE dropout, the noise level, the noise and the guidance drops of a
-batch come from the batch's own seed (run seed, rank, batch index: see
-:class:`~tessera.training.data.DrawnBatches`), so ranks and micro-batches draw differently and
-a resumed run draws the same ones.
+The noise level, the noise and the guidance drops of a batch come from the batch's own seed
+(run seed, rank, batch index), each example's caption and its BPE dropout from the example's
+own generator (see :class:`~tessera.training.data.DrawnBatches`): ranks and micro-batches
+draw differently and a resumed run draws the same ones.
 """
 
 from __future__ import annotations

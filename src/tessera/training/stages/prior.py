@@ -3,9 +3,10 @@ images -> (CLIP image embedding z_i, caption ids, CLIP text embedding z_t) -> th
 
 Each image is embedded by a frozen CLIP (``--clip``, by default the shipped shapes CLIP) at
 the CLIP's own resolution; one of its captions is BPE-encoded with dropout (as CLIP's are)
-and embedded by the same CLIP as z_t. The caption choice, its dropout, the noise level, the
-noise and the guidance drops of a batch come from its own seed (run seed, rank, batch index:
-:class:`~tessera.training.data.DrawnBatches`), so a resumed run draws the same ones.
+and embedded by the same CLIP as z_t. The noise level, the noise and the guidance drops of a
+batch come from its own seed (run seed, rank, batch index), each example's caption and its
+dropout from the example's own generator (:class:`~tessera.training.data.DrawnBatches`), so
+a resumed run draws the same ones.
 
 The AR prior's PCA and buckets are fitted once, before training starts, on the first
 ``pca_images`` training images (deterministic, so a resumed run refits the same values,
