@@ -16,6 +16,11 @@ Parts (each reports ``ok`` or its one-line error, and the script goes on to the 
   figures s128-d8-full (d 256, 8 layers, 8192 image tokens, batch 8): training samples/s in
           bf16 eager and compiled; cached sampling image tokens/s at batch 4 (bf16 eager and
           compiled), and 512 candidates of one caption in images/s (compiled bf16).
+  convert released layouts on the device: a small random Karlo folder (built by diffusers
+          and transformers, as the parity tests build it) through `tessera convert karlo`, and
+          a small ruDALL-E layout (built with ruDALL-E's own modules) through `tessera convert
+          rudalle`; each converted pipeline moved to the device and sampled (needs the
+          test-only references, as `make test` installs them).
 """
 
 from __future__ import annotations
@@ -179,11 +184,59 @@ def check_figures(device: str, quick: bool) -> dict:
     return out
 
 
+def _on(pipe, device: str):
+    """Every network of a loaded pipeline moved to ``device`` (tokenizers stay)."""
+    import torch
+
+    for value in vars(pipe).values():
+        nets = (
+            value.values()
+            if isinstance(value, dict)
+            else value
+            if isinstance(value, list)
+            else [value]
+        )
+        for net in nets:
+            if isinstance(net, torch.nn.Module):
+                net.to(device)
+    return pipe
+
+
+def check_convert(device: str, quick: bool) -> dict:
+    from tessera.cli.main import main as cli
+    from tessera.pipelines import load_pipeline
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers.karlo_ref import small_karlo
+    from helpers.rudalle_ref import small_rudalle
+
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
+        d = Path(tmp)
+        karlo = small_karlo(d / "karlo-src")
+        argv = ["convert", "karlo", str(karlo.folder), "--clip", str(karlo.clip_folder)]
+        if cli([*argv, "--out", str(d / "karlo")]) != 0:
+            raise RuntimeError("tessera convert karlo failed")
+        pipe = _on(load_pipeline(d / "karlo"), device)
+        t = time.perf_counter()
+        s = pipe.generate(["a red cube"], n=2, seed=0)
+        out["karlo"] = {"images": list(s.images.shape), "s": round(time.perf_counter() - t, 2)}
+        src = small_rudalle(d / "rudalle-src")
+        argv = ["convert", "rudalle", str(src), "--heads", "4", "--image-size", "16"]
+        if cli([*argv, "--out", str(d / "rudalle")]) != 0:
+            raise RuntimeError("tessera convert rudalle failed")
+        pipe = _on(load_pipeline(d / "rudalle"), device)
+        t = time.perf_counter()
+        s = pipe.generate(["кот"], n=2, seed=0)
+        out["rudalle"] = {"images": list(s.images.shape), "s": round(time.perf_counter() - t, 2)}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true", help="tiny figures (the CPU dry run)")
-    p.add_argument("--parts", default="train,flex,figures")
+    p.add_argument("--parts", default="train,flex,figures,convert")
     args = p.parse_args()
 
     import torch
@@ -196,7 +249,12 @@ def main() -> None:
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
     }
-    parts = {"train": check_train, "flex": check_flex, "figures": check_figures}
+    parts = {
+        "train": check_train,
+        "flex": check_flex,
+        "figures": check_figures,
+        "convert": check_convert,
+    }
     for name in args.parts.split(","):
         result[name] = part(name, parts[name], args.device, args.quick)
     line = json.dumps(result)

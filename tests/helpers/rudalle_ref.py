@@ -67,3 +67,52 @@ def vae_module() -> types.ModuleType:
     stub.DecoderDWT = None  # only for dwt=True
     sys.modules.setdefault("_rudalle_ref.vae.decoder_dwt", stub)
     return _load("_rudalle_ref.vae", "model", root / "vae" / "model.py")
+
+
+TEXT_VOCAB, TEXT_LEN, GRID, IMAGE_VOCAB = 64, 8, 8, 32
+CHARS = "\u2581абвгдежзийклмнопрстуфхцчшщъыьэюяё"
+MERGES = [("\u2581", "к"), ("к", "о"), ("\u2581к", "о"), ("\u2581ко", "т"), ("н", "а")]
+
+
+def write_bpe(path) -> None:
+    """A YouTokenToMe model file: 4 specials, the characters, a few merges (< 64 ids)."""
+    ids = {c: 4 + i for i, c in enumerate(CHARS)}
+    lines = [f"{len(CHARS)} {len(MERGES)}", *(f"{ord(c)} {i}" for c, i in ids.items())]
+    for a, b in MERGES:
+        ids[a + b] = len(ids) + 4
+        lines.append(f"{ids[a]} {ids[b]} {ids[a + b]}")
+    lines.append("1 0 2 3")  # unk pad bos eos
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def small_rudalle(src: Path) -> Path:
+    """A small random model in ruDALL-E's released layout, built with its own code: the
+    transformer state dict (4 layers, 32 wide, 8 text + 8x8 image tokens), a Lightning-style
+    Gumbel VQGAN checkpoint (16 px) and a YouTokenToMe vocabulary, in ``src``."""
+    import torch
+
+    src.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    dalle = dalle_module().DalleModel(
+        device="cpu",
+        num_layers=4,
+        vocab_size=TEXT_VOCAB + TEXT_LEN,
+        hidden_size=32,
+        num_attention_heads=4,
+        embedding_dropout_prob=0.1,
+        attention_dropout_prob=0.1,
+        output_dropout_prob=0.1,
+        text_seq_length=TEXT_LEN,
+        image_tokens_per_dim=GRID,
+        image_vocab_size=IMAGE_VOCAB,
+        cogview_sandwich_layernorm=True,
+        cogview_pb_relax=True,
+    )
+    torch.save(dalle.state_dict(), src / "pytorch_model_v3.bin")
+    ddconfig = dict(double_z=False, z_channels=32, resolution=16, in_channels=3, out_ch=3)
+    ddconfig.update(ch=32, ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[8], dropout=0.0)
+    vq = vae_module().GumbelVQ(ddconfig, n_embed=IMAGE_VOCAB, embed_dim=32)
+    sd = {**vq.state_dict(), "loss.discriminator.main.0.weight": torch.zeros(2)}
+    torch.save({"state_dict": sd, "global_step": 7}, src / "vqgan.gumbelf8-sber.model.ckpt")
+    write_bpe(src / "bpe.model")
+    return src

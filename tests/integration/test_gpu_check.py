@@ -17,7 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu(tmp_path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--parts", "train,flex"],
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--parts", "train,flex,convert"],
         capture_output=True,
         text=True,
         timeout=600,
