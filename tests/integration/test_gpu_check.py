@@ -17,7 +17,15 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_cpu(tmp_path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--parts", "train,flex,convert"],
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--device",
+            "cpu",
+            "--quick",
+            "--parts",
+            "train,flex,convert",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -27,6 +35,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path) -> None:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["train"]["ok"] and len(out["train"]["losses"]) == 4
     assert out["flex"]["ok"] and out["flex"]["within_tolerance"]
+    assert out["convert"]["ok"], out["convert"]
+    assert out["convert"]["karlo"]["images"][0] == out["convert"]["rudalle"]["images"][0] == 2
     assert json.loads((tmp_path / "gpu_check.json").read_text()) == out
 
 
