@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--up64", help="first upsampler checkpoint (32 -> 64)")
     ap.add_argument("--up128", help="second upsampler checkpoint (64 -> 128)")
     ap.add_argument("--clip", help="CLIP checkpoint (default: the shipped shapes CLIP)")
+    ap.add_argument("--tokenizer", help="when the decoder folder has none (default: shipped)")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--steps", type=int, default=25)
@@ -59,6 +60,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     loaded = load_checkpoint(args.decoder, kind="decoder")
     decoder, tok = loaded.obj.eval(), loaded.tokenizer
+    if tok is None:  # a pipeline folder keeps the tokenizer beside its decoder
+        tok = load(args.tokenizer or shipped_dir("unclip", "tokenizer"), kind="tokenizer")
     clip = load(args.clip or shipped_dir("pipeline", "clip"), kind="clip").eval()
     ups = [load(p, kind="upsampler").eval() for p in (args.up64, args.up128) if p]
     size = decoder.config.image_size
