@@ -6,6 +6,7 @@ Launch with ``torchrun`` (it sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime
 import os
@@ -85,7 +86,15 @@ def init_distributed(*, timeout_s: float = 600.0) -> DistContext:
             backend="nccl" if cuda else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),  # collectives never hang forever
         )
+        # torn down before the interpreter exits: a group left to static destructors can end
+        # a finished run with "terminate called without an active exception" (SIGABRT)
+        atexit.register(_destroy_group)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def wrap_ddp(
