@@ -41,6 +41,16 @@ class DalleConfig(Config):
     output_head: ``tied`` (paper: logits are the hidden state times the input embedding tables)
       or ``separate`` (ruDALL-E: LayerNorm, then one linear layer with bias over the
       ``text_table + image_vocab`` concatenated vocabulary, untied from the embeddings).
+
+    Beyond the paper (issue 27, zero-shot composition):
+    image_factors: ``()`` (paper): one token per grid position over ``image_vocab`` codes. A
+      tuple of codebook sizes (summing to ``image_vocab``), e.g. ``(512, 16)``: the image
+      tokenizer is factorised (:attr:`tessera.config.vae.VAEConfig.colour_codes`) and every
+      grid position carries one token per factor, interleaved in that order (structure, then
+      colour), so the image stream is ``grid_size**2 * len(image_factors)`` tokens. Factor
+      ``f``'s ids are offset by the sizes before it; each token is predicted among its own
+      factor's ids only, the masks' patterns act on grid cells, and a learned factor embedding
+      is added to the row and column embeddings.
     """
 
     kind: ClassVar[str] = "dalle"
@@ -64,10 +74,16 @@ class DalleConfig(Config):
     norm_placement: Literal["pre", "sandwich"] = "pre"
     mask_schedule: Literal["paper", "rudalle"] = "paper"
     output_head: Literal["tied", "separate"] = "tied"
+    image_factors: tuple[int, ...] = ()
+
+    @property
+    def factors(self) -> int:
+        """Image tokens per grid position (1 unless the image tokenizer is factorised)."""
+        return max(1, len(self.image_factors))
 
     @property
     def image_len(self) -> int:
-        return self.grid_size * self.grid_size
+        return self.grid_size * self.grid_size * self.factors
 
     @property
     def seq_len(self) -> int:
@@ -99,6 +115,15 @@ class DalleConfig(Config):
             raise ConfigError("dalle.caption_dropout and dalle.dropout must be in [0, 1)")
         if self.loss_text_weight < 0 or self.loss_image_weight < 0:
             raise ConfigError("dalle loss weights must be >= 0")
+        if self.image_factors and (
+            len(self.image_factors) < 2
+            or min(self.image_factors) < 1
+            or sum(self.image_factors) != self.image_vocab
+        ):
+            raise ConfigError(
+                f"dalle.image_factors {list(self.image_factors)} must be two or more codebook "
+                f"sizes summing to image_vocab {self.image_vocab} (or empty)"
+            )
 
 
 @register_preset("dalle", "tiny")

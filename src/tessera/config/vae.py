@@ -42,6 +42,20 @@ class VAEConfig(Config):
       falls below ``restart_threshold`` assignments per update is re-seeded from a random
       encoder output of the batch, so the book never dies). Tokens, the decoder and every
       consumer are the same; the ``vq`` fields are unused with ``gumbel``.
+
+    Beyond the paper (issue 27, zero-shot composition): a factorised ("gain-shape") tokenizer.
+    colour_codes: 0 (paper): one token per grid position. > 0: each grid cell's darkness
+      ``1 - pixel`` is split into a colour (gain) vector per cell and a one-channel coverage
+      (shape) map, ``1 - pixel = coverage * colour`` (:mod:`tessera.vae.gain_shape`; exact
+      for flat-coloured objects on white, like ``shapes``). The coverage map is tokenized by
+      this config's network and ``vocab_size`` book as a one-channel image (structure
+      tokens); the colours by their own EMA book of ``colour_codes`` vectors (colour tokens,
+      ids offset by ``vocab_size``). ``encode`` gives ``(B, h, 2w)`` tokens, each cell's
+      structure then colour token, so a colour-shape pair never seen in training is a new
+      combination of seen codes rather than codes never emitted. Requires ``vq``.
+    colour_window: cells on each side searched for a colour's full strength: a cell that an
+      object only grazes takes the colour's hue from its own pixels and its strength from the
+      darkest pixel of that hue within the window (1: 3x3 cells).
     """
 
     kind: ClassVar[str] = "vae"
@@ -68,6 +82,14 @@ class VAEConfig(Config):
     commitment: float = 0.25
     codebook_decay: float = 0.99
     restart_threshold: float = 0.05
+    colour_codes: int = 0
+    colour_window: int = 1
+
+    @property
+    def factor_vocabs(self) -> tuple[int, ...]:
+        """Code books of a factorised tokenizer's tokens per position (structure, colour);
+        ``()`` for the paper's one token per position."""
+        return (self.vocab_size, self.colour_codes) if self.colour_codes else ()
 
     @property
     def downsample(self) -> int:
@@ -102,6 +124,10 @@ class VAEConfig(Config):
             )
         if self.restart_threshold < 0:
             raise ConfigError("vae.restart_threshold must be >= 0")
+        if self.colour_codes < 0 or self.colour_window < 0:
+            raise ConfigError("vae: colour_codes and colour_window must be >= 0")
+        if self.colour_codes and (self.quantizer != "vq" or self.input_channels != 3):
+            raise ConfigError("vae.colour_codes (a factorised tokenizer) needs quantizer vq on RGB")
         if self.kl_weight < 0 or self.kl_start < 0 or self.temp_steps < 0 or self.kl_steps < 0:
             raise ConfigError("vae: kl_weight, kl_start, temp_steps and kl_steps must be >= 0")
 

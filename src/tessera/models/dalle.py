@@ -84,6 +84,11 @@ def empty_text(batch: int, cfg: DalleConfig, device: torch.device | None = None)
     return prepare_text(ids, torch.zeros(batch, dtype=torch.long, device=device), cfg)
 
 
+# logit given to the other factors' ids at a factorised image position (finite: guidance
+# subtracts two logits); exp(-1e4) is 0 in float32 and bfloat16
+FACTOR_MASK = -1.0e4
+
+
 class MLP(nn.Module):
     def __init__(self, d_model: int, hidden: int) -> None:
         super().__init__()
@@ -100,7 +105,9 @@ class Block(nn.Module):
     def __init__(self, cfg: DalleConfig, kind: str) -> None:
         super().__init__()
         self.kind = kind
-        self.spec = MaskSpec(kind, cfg.text_len, cfg.grid_size, cfg.grid_size, cfg.conv_kernel)
+        self.spec = MaskSpec(
+            kind, cfg.text_len, cfg.grid_size, cfg.grid_size, cfg.conv_kernel, cfg.factors
+        )
         self.attn_norm = nn.LayerNorm(cfg.d_model)
         self.attn = SelfAttention(cfg.d_model, cfg.n_heads, dropout=cfg.dropout)
         self.mlp_norm = nn.LayerNorm(cfg.d_model)
@@ -175,6 +182,15 @@ class DALLE(nn.Module):
         self.text_pos = nn.Parameter(torch.zeros(cfg.text_len, d))
         self.row_pos = nn.Parameter(torch.zeros(cfg.grid_size, d))
         self.col_pos = nn.Parameter(torch.zeros(cfg.grid_size, d))
+        if cfg.factors > 1:  # a factorised image tokenizer: which factor a token is
+            self.factor_pos = nn.Parameter(torch.zeros(cfg.factors, d))
+            # (factors, image_vocab) additive logit bias: 0 on the factor's own ids
+            bias = torch.full((cfg.factors, cfg.image_vocab), FACTOR_MASK)
+            offset = 0
+            for f, size in enumerate(cfg.image_factors):
+                bias[f, offset : offset + size] = 0.0
+                offset += size
+            self.register_buffer("factor_bias", bias, persistent=False)
         kinds = (
             layer_kinds(cfg.n_layers, cfg.mask_schedule)
             if cfg.attention == "sparse"
@@ -206,14 +222,18 @@ class DALLE(nn.Module):
     def no_weight_decay(self) -> list[str]:
         """The learned position embeddings are embeddings (paper App. B.2: no decay on
         embeddings); they are plain parameters here, so the optimizer is told by name."""
-        return ["text_pos", "row_pos", "col_pos"]
+        return ["text_pos", "row_pos", "col_pos", "factor_pos"]
 
     # -- pieces -----------------------------------------------------------------------------
 
     def image_positions(self) -> torch.Tensor:
-        """``(grid*grid, d)`` row + column embeddings in raster order."""
+        """``(image_len, d)`` row + column embeddings in raster order (plus the factor
+        embedding, each position's factors in turn, with a factorised image tokenizer)."""
         g = self.config.grid_size
-        return (self.row_pos[:, None, :] + self.col_pos[None, :, :]).reshape(g * g, -1)
+        pos = (self.row_pos[:, None, :] + self.col_pos[None, :, :]).reshape(g * g, -1)
+        if self.config.factors == 1:
+            return pos
+        return (pos[:, None, :] + self.factor_pos[None, :, :]).flatten(0, 1)
 
     def embed(
         self, text: torch.Tensor | None, image: torch.Tensor | None, image_start: int = 0
@@ -245,11 +265,32 @@ class DALLE(nn.Module):
             return F.linear(self.head_norm(h), self.head.weight[:n], self.head.bias[:n])
         return F.linear(h, self.text_emb.weight)
 
-    def image_logits(self, h: torch.Tensor) -> torch.Tensor:
+    def image_logits(
+        self, h: torch.Tensor, index: int | torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Image-token logits of hidden states ``h`` (..., d). With a factorised image
+        tokenizer, ``index`` is the image index the (first) position of ``h`` predicts (an int
+        or a 1-element tensor; ``h`` (B, d) or (B, n, d) for indices ``index .. index + n``):
+        the other factors' ids get a large negative logit (finite, so guidance's difference
+        of two masked logits stays finite)."""
         if self.config.output_head == "separate":
             n = self.config.text_table
-            return F.linear(self.head_norm(h), self.head.weight[n:], self.head.bias[n:])
-        return F.linear(h, self.image_emb.weight)
+            logits = F.linear(self.head_norm(h), self.head.weight[n:], self.head.bias[n:])
+        else:
+            logits = F.linear(h, self.image_emb.weight)
+        if self.config.factors == 1:
+            return logits
+        if index is None:
+            raise ValueError("a factorised model's image logits need the image index")
+        f = self.config.factors
+        if h.dim() == 3:
+            idx = (
+                torch.as_tensor(index, device=h.device).reshape(-1)[:1]
+                + torch.arange(h.shape[1], device=h.device)
+            ) % f
+            return logits + self.factor_bias.index_select(0, idx).to(logits.dtype)
+        idx = torch.as_tensor(index, device=h.device).reshape(-1)[:1] % f
+        return logits + self.factor_bias.index_select(0, idx).to(logits.dtype)
 
     def new_cache(self, batch: int, *, dtype: torch.dtype | None = None) -> KVCache:
         cfg = self.config
@@ -285,7 +326,7 @@ class DALLE(nn.Module):
         x = x[:, None]  # (B, 1, d)
         for i, block in enumerate(self.blocks):
             x = block.step(x, biases[i].index_select(0, pos), cache.k[i], cache.v[i], pos)
-        return self.image_logits(self.norm(x[:, 0])).float()
+        return self.image_logits(self.norm(x[:, 0]), index + 1).float()
 
     def mask_biases(self, device: torch.device | None = None) -> torch.Tensor:
         """Every layer's additive mask bias, stacked: ``(n_layers, seq_len, seq_len)``."""
@@ -318,7 +359,7 @@ class DALLE(nn.Module):
             self.text_logits(h[:, :n_text]).float().flatten(0, 1), text[:, 1:].flatten()
         )
         image_ce = F.cross_entropy(
-            self.image_logits(h[:, n_text:]).float().flatten(0, 1), image.flatten()
+            self.image_logits(h[:, n_text:], 0).float().flatten(0, 1), image.flatten()
         )
         loss = cfg.loss_text_weight * text_ce + cfg.loss_image_weight * image_ce
         return loss, text_ce, image_ce

@@ -68,29 +68,37 @@ class KVCache:
 
 @functools.lru_cache(maxsize=64)
 def dense_mask(
-    kind: str, text_len: int, h: int, w: int, conv_kernel: int, device: str
+    kind: str, text_len: int, h: int, w: int, conv_kernel: int, device: str, factors: int = 1
 ) -> torch.Tensor:
     """Cached ``(T, T)`` bool mask of :func:`tessera.nn.masks.attention_mask` on ``device``."""
     return attention_mask(
-        kind, text_len, h, w, conv_kernel=conv_kernel, device=torch.device(device)
+        kind,
+        text_len,
+        h,
+        w,
+        conv_kernel=conv_kernel,
+        factors=factors,
+        device=torch.device(device),
     )
 
 
 @functools.lru_cache(maxsize=64)
 def mask_bias(
-    kind: str, text_len: int, h: int, w: int, conv_kernel: int, device: str
+    kind: str, text_len: int, h: int, w: int, conv_kernel: int, device: str, factors: int = 1
 ) -> torch.Tensor:
     """The dense mask as an additive float32 bias: 0 where allowed, -inf elsewhere (cached).
     Adding it is one fused pass; ``masked_fill(~mask)`` also builds the negated mask per call."""
-    mask = dense_mask(kind, text_len, h, w, conv_kernel, device)
+    mask = dense_mask(kind, text_len, h, w, conv_kernel, device, factors)
     return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
 @functools.lru_cache(maxsize=64)
-def _block_mask(kind: str, text_len: int, w: int, conv_kernel: int, seq_len: int, device: str):
+def _block_mask(
+    kind: str, text_len: int, w: int, conv_kernel: int, seq_len: int, device: str, factors: int = 1
+):
     from torch.nn.attention.flex_attention import create_block_mask
 
-    mod = mask_mod(kind, text_len, w, conv_kernel=conv_kernel)
+    mod = mask_mod(kind, text_len, w, conv_kernel=conv_kernel, factors=factors)
     return create_block_mask(mod, None, None, seq_len, seq_len, device=device)
 
 
@@ -131,15 +139,28 @@ class MaskSpec:
     grid_h: int
     grid_w: int
     conv_kernel: int = 11
+    factors: int = 1  # image tokens per grid position (a factorised image tokenizer)
 
     def dense(self, device: torch.device) -> torch.Tensor:
         return dense_mask(
-            self.kind, self.text_len, self.grid_h, self.grid_w, self.conv_kernel, str(device)
+            self.kind,
+            self.text_len,
+            self.grid_h,
+            self.grid_w,
+            self.conv_kernel,
+            str(device),
+            self.factors,
         )
 
     def bias(self, device: torch.device) -> torch.Tensor:
         return mask_bias(
-            self.kind, self.text_len, self.grid_h, self.grid_w, self.conv_kernel, str(device)
+            self.kind,
+            self.text_len,
+            self.grid_h,
+            self.grid_w,
+            self.conv_kernel,
+            str(device),
+            self.factors,
         )
 
 
@@ -222,7 +243,7 @@ class SelfAttention(nn.Module):
     ) -> torch.Tensor:
         t = q.shape[2]
         block = _block_mask(
-            spec.kind, spec.text_len, spec.grid_w, spec.conv_kernel, t, str(q.device)
+            spec.kind, spec.text_len, spec.grid_w, spec.conv_kernel, t, str(q.device), spec.factors
         )
         fn = _flex(compiled=q.device.type == "cuda")
         return fn(q, k, v, block_mask=block, scale=1.0 / math.sqrt(self.d_head))

@@ -53,13 +53,25 @@ def causal_mask(n: int, *, device: torch.device | None = None) -> torch.Tensor:
 
 
 def image_mask(
-    kind: str, h: int, w: int, *, conv_kernel: int = 11, device: torch.device | None = None
+    kind: str,
+    h: int,
+    w: int,
+    *,
+    conv_kernel: int = 11,
+    factors: int = 1,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """``(h*w, h*w)`` bool image-to-image mask of ``kind`` (causal included)."""
-    n = h * w
-    a = torch.arange(n, device=device)[:, None]  # query image index
-    b = torch.arange(n, device=device)[None, :]  # key image index
-    causal = b <= a
+    """``(h*w*factors, h*w*factors)`` bool image-to-image mask of ``kind`` (causal included).
+
+    factors: tokens per grid position (a factorised image tokenizer's structure and colour
+    codes, interleaved); the kind's pattern is applied to the positions' grid cells
+    ``index // factors``, causality to the token indices.
+    """
+    n = h * w * factors
+    ta = torch.arange(n, device=device)[:, None]  # query image token index
+    tb = torch.arange(n, device=device)[None, :]  # key image token index
+    causal = tb <= ta
+    a, b = ta // factors, tb // factors  # grid cells
     if kind == "full":
         return causal
     if kind == "row":
@@ -83,18 +95,24 @@ def attention_mask(
     w: int,
     *,
     conv_kernel: int = 11,
+    factors: int = 1,
     device: torch.device | None = None,
 ) -> torch.Tensor:
-    """``(T, T)`` bool mask over ``[text_len text; h*w image]`` positions (see module doc)."""
-    t = text_len + h * w
+    """``(T, T)`` bool mask over ``[text_len text; h*w*factors image]`` positions (see module
+    doc and :func:`image_mask`)."""
+    t = text_len + h * w * factors
     mask = torch.zeros(t, t, dtype=torch.bool, device=device)
     mask[:text_len, :text_len] = torch.ones(text_len, text_len, device=device).tril().bool()
     mask[text_len:, :text_len] = True
-    mask[text_len:, text_len:] = image_mask(kind, h, w, conv_kernel=conv_kernel, device=device)
+    mask[text_len:, text_len:] = image_mask(
+        kind, h, w, conv_kernel=conv_kernel, factors=factors, device=device
+    )
     return mask
 
 
-def mask_mod(kind: str, text_len: int, w: int, *, conv_kernel: int = 11):  # noqa: ANN201
+def mask_mod(  # noqa: ANN201
+    kind: str, text_len: int, w: int, *, conv_kernel: int = 11, factors: int = 1
+):
     """The same mask as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool tensor``.
 
     Pure tensor arithmetic (no data-dependent control flow), so ``create_block_mask`` can trace
@@ -106,8 +124,8 @@ def mask_mod(kind: str, text_len: int, w: int, *, conv_kernel: int = 11):  # noq
         causal = k <= q
         q_img = q >= text_len
         k_img = k >= text_len
-        a = q - text_len
-        bb = k - text_len
+        a = (q - text_len) // factors  # grid cells (factors tokens per cell)
+        bb = (k - text_len) // factors
         if kind == "full":
             img = causal
         elif kind == "row":

@@ -68,9 +68,18 @@ _SETTINGS = {f.name for f in dataclasses.fields(DalleSampling)}
 def check_compatible(cfg: Any, vae: Any, tokenizer: Any) -> None:
     """One-line errors when the dVAE or tokenizer does not fit the transformer's config."""
     vc = vae.config
-    if vc.vocab_size != cfg.image_vocab or vc.grid_size != cfg.grid_size:
+    factors = tuple(getattr(vc, "factor_vocabs", ()))  # a factorised tokenizer's code books
+    if factors != tuple(cfg.image_factors):
+        have = f"factors {list(factors)}" if factors else "one token per position"
+        want = f"factors {list(cfg.image_factors)}" if cfg.image_factors else "one per position"
         raise ConfigError(
-            f"the dVAE makes {vc.grid_size}x{vc.grid_size} tokens of {vc.vocab_size} codes; the "
+            f"the image tokenizer makes {have}; the transformer expects {want} "
+            f"(set model.image_factors / model.image_vocab)"
+        )
+    vocab = sum(factors) if factors else vc.vocab_size
+    if vocab != cfg.image_vocab or vc.grid_size != cfg.grid_size:
+        raise ConfigError(
+            f"the dVAE makes {vc.grid_size}x{vc.grid_size} tokens of {vocab} codes; the "
             f"transformer expects {cfg.grid_size}x{cfg.grid_size} of {cfg.image_vocab} "
             f"(set model.grid_size / model.image_vocab)"
         )
@@ -196,8 +205,8 @@ class DallePipeline:
                     generator=gen,
                 )
             chunks.append(tokens.cpu())
-        g = self.model.config.grid_size
-        tokens = torch.cat(chunks).view(-1, g, g)
+        g, f = self.model.config.grid_size, self.model.config.factors
+        tokens = torch.cat(chunks).view(-1, g, g * f)
         images = torch.cat(
             [self.vae.decode(tokens[s : s + batch_size]) for s in range(0, len(tokens), batch_size)]
         )

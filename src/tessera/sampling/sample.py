@@ -152,7 +152,7 @@ def generate_image_tokens(
     prefix: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Sample ``(B, grid**2)`` image tokens for text streams ``(B, text_len)``.
+    """Sample ``(B, image_len)`` image tokens for text streams ``(B, text_len)``.
 
     prefix: ``(B, R)`` image tokens to keep (an image prompt's first rows, raster order);
       sampling continues from index ``R``.
@@ -181,7 +181,7 @@ def generate_image_tokens(
         cache = model.new_cache(text.shape[0]) if s.use_cache else None
         x = model.embed(text, tokens if r else None)
         h = model.hidden(x, cache=cache)[:, -1]  # (B', d): predicts image token r
-        logits = model.image_logits(h).float()  # (B', V)
+        logits = model.image_logits(h, r).float()  # (B', V)
         rows = text.shape[0]
         u = torch.rand(b, 1, generator=generator, device=device)
         nxt = next_token(logits, u, s)  # (B',)
@@ -210,7 +210,7 @@ def generate_image_tokens(
                 seq = torch.cat(out, dim=1)
                 h = model.hidden(model.embed(text, seq))[:, -1]
             u = torch.rand(b, 1, generator=generator, device=device)
-            nxt = next_token(model.image_logits(h).float(), u, s)
+            nxt = next_token(model.image_logits(h, i + 1).float(), u, s)
             out.append(nxt[:, None])
         return torch.cat(out, dim=1)[:b]
     finally:

@@ -15,6 +15,7 @@ names match the ``dall-e`` package so its weights convert by renaming ``w/b`` to
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 
@@ -24,6 +25,7 @@ from torch import nn
 
 from tessera.config.vae import VAEConfig
 from tessera.nn.gradscale import ResblockGradScale
+from tessera.vae import gain_shape
 from tessera.vae.pixels import map_pixels, unmap_pixels
 
 
@@ -246,9 +248,21 @@ class DiscreteVAE(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        # a factorised tokenizer's network codes the one-channel coverage map
+        self.pixel_channels = 1 if cfg.colour_codes else cfg.input_channels
+        net = dataclasses.replace(cfg, input_channels=self.pixel_channels, colour_codes=0)
+        self.encoder = Encoder(net)
+        self.decoder = Decoder(net)
         self.codebook = Codebook(cfg) if cfg.quantizer == "vq" else None
+        self.colour_book = (
+            Codebook(
+                dataclasses.replace(
+                    cfg, vocab_size=cfg.colour_codes, codebook_dim=3, colour_codes=0
+                )
+            )
+            if cfg.colour_codes
+            else None
+        )
         # NHWC convolutions are ~1.5x faster on CPU (oneDNN) and preferred by cuDNN under AMP.
         self.to(memory_format=torch.channels_last)
 
@@ -271,12 +285,53 @@ class DiscreteVAE(nn.Module):
                 logits.float(), tau=temperature, hard=self.config.straight_through, dim=1
             )
         out = self.decoder(z)
-        c = self.config.input_channels
+        c = self.pixel_channels
         return logits, out[:, :c], out[:, c:]
+
+    # -- a factorised (gain-shape) tokenizer: VAEConfig.colour_codes -------------------------
+
+    def split(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 3, H, W) in [0, 1] -> (coverage (B, 1, H, W), colours (B, 3, h, w)),
+        :func:`tessera.vae.gain_shape.split` at this tokenizer's cell size."""
+        return gain_shape.split(images, self.config.downsample, self.config.colour_window)
+
+    @torch.no_grad()
+    def observe_colours(self, colours: torch.Tensor) -> None:
+        """One EMA update of the colour book from a batch's cell colours (training). The
+        book starts from the first batch's farthest-point sample (k-means++'s greedy form):
+        colours are few and far apart, and a random start would seed most codes on white
+        cells and leave rare colours to the slow dead-code restarts."""
+        book = self.colour_book
+        assert book is not None
+        flat = colours.permute(0, 2, 3, 1).reshape(-1, 3).float()
+        if not bool(book.initialized):
+            pick = [int(flat.norm(dim=1).argmax())]
+            dist = (flat - flat[pick[0]]).pow(2).sum(1)
+            for _ in range(book.embed.shape[0] - 1):
+                pick.append(int(dist.argmax()))
+                dist = dist.minimum((flat - flat[pick[-1]]).pow(2).sum(1))
+            book.embed.copy_(flat[pick])
+            book.embed_sum.copy_(flat[pick])
+            book.cluster_size.fill_(1.0)
+            book.initialized.fill_(True)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                for t in (book.embed, book.embed_sum):  # every rank starts from rank 0's
+                    torch.distributed.broadcast(t, 0)
+        book._update(flat)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) images in [0, 1] -> (B, h, w) int64 tokens (argmax, no noise)."""
+        """(B, 3, H, W) images in [0, 1] -> (B, h, w) int64 tokens (argmax, no noise); a
+        factorised tokenizer gives (B, h, 2w): each cell's structure token, then its colour
+        token (offset by ``vocab_size``)."""
+        if self.colour_book is not None:
+            cover, colours = self.split(images)
+            structure = self._encode(cover)
+            colour = self.colour_book.nearest(colours) + self.config.vocab_size
+            return torch.stack([structure, colour], dim=-1).flatten(-2)
+        return self._encode(images)
+
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
         x = map_pixels(images.float(), self.config.logit_laplace_eps)
         h = self.encoder(x.contiguous(memory_format=torch.channels_last))
         if self.codebook is not None:
@@ -287,7 +342,27 @@ class DiscreteVAE(nn.Module):
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, h, w) int64 tokens -> (B, 3, H, W) images in [0, 1]: ``sigmoid(mu)`` unmapped,
         the logit-Laplace's median (its location pushed through the sigmoid; the mean has no
-        closed form), as OpenAI's ``dall-e`` decodes too. Always computed in float32."""
+        closed form), as OpenAI's ``dall-e`` decodes too. Always computed in float32. A
+        factorised tokenizer reads (B, h, 2w) tokens (:meth:`encode`) and composes its decoded
+        coverage with the colour codes' vectors."""
+        if self.colour_book is not None:
+            v, k = self.config.vocab_size, self.config.colour_codes
+            structure, colour = tokens[..., 0::2], tokens[..., 1::2] - v
+            if structure.numel() and (
+                int(structure.min()) < 0
+                or int(structure.max()) >= v
+                or int(colour.min()) < 0
+                or int(colour.max()) >= k
+            ):
+                raise ValueError(
+                    f"factorised tokens must alternate structure ids [0, {v}) and colour ids "
+                    f"[{v}, {v + k})"
+                )
+            colours = self.colour_book.embed.float()[colour].permute(0, 3, 1, 2)
+            return gain_shape.compose(self._decode(structure), colours, self.config.downsample)
+        return self._decode(tokens)
+
+    def _decode(self, tokens: torch.Tensor) -> torch.Tensor:
         # The input 1x1 conv of a one-hot code is a column lookup: same numbers, without the
         # (B, K, h, w) one-hot tensor (1 GiB at batch 32 for K = 8192 at 32x32).
         conv = self.decoder.blocks.input
@@ -299,7 +374,7 @@ class DiscreteVAE(nn.Module):
         for name, module in self.decoder.blocks.named_children():
             if name != "input":
                 h = module(h)
-        mu = h[:, : self.config.input_channels].float()
+        mu = h[:, : self.pixel_channels].float()
         return unmap_pixels(torch.sigmoid(mu), self.config.logit_laplace_eps)
 
     def set_activation_checkpointing(self, enabled: bool) -> None:

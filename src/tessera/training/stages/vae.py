@@ -121,6 +121,12 @@ def make_objective(cfg: VAEConfig) -> Objective:
     def objective(model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch["images"]
         tau = temperature(cfg, step)
+        if cfg.colour_codes:  # factorised: the network codes the coverage map, the colour
+            inner = getattr(model, "module", model)  # book is an EMA of the cells' colours
+            cover, colours = inner.split(images.to(next(model.parameters()).device))
+            if model.training:
+                inner.observe_colours(colours)
+            images = cover
         logits, mu, ln_b = model(map_pixels(images.float(), cfg.logit_laplace_eps), tau)
         if cfg.quantizer == "vq":
             return vq_loss(images, logits, mu, ln_b, getattr(model, "module", model), cfg)
