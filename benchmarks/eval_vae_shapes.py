@@ -49,7 +49,8 @@ def main() -> None:
     t0 = time.perf_counter()
     psnrs: list[float] = []
     passed = passed_orig = 0
-    used = torch.zeros(model.config.vocab_size, dtype=torch.bool)
+    # a factorised tokenizer's structure and colour codes share one id space
+    used = torch.zeros(sum(model.config.factor_vocabs) or model.config.vocab_size, dtype=torch.bool)
     for start in range(0, args.n, args.batch):
         idx = range(start, min(start + args.batch, args.n))
         originals = np.stack([src.image(i) for i in idx])  # (B, S, S, 3) uint8

@@ -135,7 +135,15 @@ def _tiny() -> DalleConfig:
 
 @register_preset("dalle", "shapes")
 def _shapes() -> DalleConfig:
-    # shapes tokenizer (<= 512 tokens; captions are <= 13 tokens) + shapes dVAE (8x8 of 1024).
+    # shapes tokenizer (<= 512 tokens; captions are <= 13 tokens) + the factorised shapes
+    # tokenizer (8x8 cells, each a structure token of 512 codes then a colour token of 16:
+    # 128 image tokens; issue 27, see docs/results.md's ablation table).
+    return dataclasses.replace(_shapes_rgb(), image_vocab=528, image_factors=(512, 16))
+
+
+@register_preset("dalle", "shapes-rgb")
+def _shapes_rgb() -> DalleConfig:
+    # the shapes model before issue 27: the RGB tokenizer's 8x8 tokens of 1024 codes
     return DalleConfig(
         text_vocab=512,
         text_len=16,
@@ -211,6 +219,9 @@ def _train_shapes() -> TrainConfig:
         checkpoint_every=500,
         sample_every=500,
     )
+
+
+register_preset("train.dalle", "shapes-rgb")(_train_shapes)
 
 
 @register_preset("train.dalle", "dalle-12b")
