@@ -1,9 +1,10 @@
 """One row of the zero-shot composition ablation (issue 27); prints one JSON line.
 
     python benchmarks/ablate_composition.py --name NAME --run-dir DIR [--vae VAE_DIR]
-        [--steps 2000] [--threads 1] [--guidance 1.5 ...] [KEY=VALUE ...]
+        [--preset shapes] [--steps 2000] [--threads 1] [--guidance 1.5 ...] [KEY=VALUE ...]
 
-Trains the DALL·E transformer at the ``shapes`` preset with the given overrides (``tessera
+Trains the DALL·E transformer at ``--preset`` (``shapes``: factorised tokens; ``shapes-rgb``
+with an RGB tokenizer as ``--vae``: one code per cell) with the given overrides (``tessera
 dalle train``; re-running resumes) on the given image tokenizer (default: the shipped
 pipeline's dVAE), then measures it with the project protocol: the first 300 canonical eval
 prompts with two thirds naming a held-out colour-shape pair (``tessera eval prompts --n 300
@@ -68,6 +69,7 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path)
     ap.add_argument("--vae", type=Path, default=SHIPPED / "vae")
     ap.add_argument("--tokenizer", type=Path, default=SHIPPED / "tokenizer")
+    ap.add_argument("--preset", default="shapes", help="the dalle preset (shapes-rgb: RGB codes)")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--guidance", type=float, nargs="+", default=[1.5])
@@ -78,7 +80,8 @@ def main() -> None:
     args = ap.parse_args()
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    row: dict = {"name": args.name, "steps": args.steps, "overrides": args.overrides}
+    row: dict = {"name": args.name, "steps": None if args.no_train else args.steps}
+    row.update(preset=args.preset, overrides=args.overrides)
     pipeline = args.pipeline
     if not args.no_train:
         if args.run_dir is None:
@@ -92,7 +95,7 @@ def main() -> None:
                 "dalle",
                 "train",
                 "--preset",
-                "shapes",
+                args.preset,
                 "--vae",
                 str(args.vae),
                 "--tokenizer",

@@ -66,7 +66,9 @@ def save(
     model: an ``nn.Module``; saved with ``safetensors.torch.save_model`` so tied weights stay tied.
     tokenizer: a ``tessera.text.TextTokenizer``, written as ``tokenizer.json`` beside the weights.
     dtype: ``"float16"`` stores the float32 weights as float16 (half the size on disk; loading
-      casts back to the model's dtype); values beyond float16's range are refused.
+      casts back to the model's dtype); values beyond float16's range are refused. Tensors
+      under the model's ``FULL_PRECISION`` name prefixes stay float32 (an image tokenizer's
+      codebooks: a nearest-code search must encode as it did in training).
     """
     if dtype not in (None, "float16"):
         raise CheckpointError(f"dtype must be None or 'float16', got {dtype!r}")
@@ -82,7 +84,7 @@ def save(
             meta.update(metadata or {})
             save_model(model, str(tmp / WEIGHTS_FILE), metadata=meta)
             if dtype == "float16":
-                _store_half(tmp / WEIGHTS_FILE)
+                _store_half(tmp / WEIGHTS_FILE, keep=tuple(getattr(model, "FULL_PRECISION", ())))
         if tokenizer is not None:
             # config.json belongs to the model; the tokenizer's own config sits beside it.
             tokenizer.save(tmp, write_config=False)
@@ -90,8 +92,9 @@ def save(
     return path
 
 
-def _store_half(path: Path) -> None:
-    """Rewrite a weights file with its float32 tensors as float16."""
+def _store_half(path: Path, keep: tuple[str, ...] = ()) -> None:
+    """Rewrite a weights file with its float32 tensors as float16, except those whose names
+    start with one of ``keep``."""
     import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
@@ -100,7 +103,7 @@ def _store_half(path: Path) -> None:
         metadata = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     for k, t in tensors.items():
-        if t.dtype == torch.float32:
+        if t.dtype == torch.float32 and not k.startswith(keep):
             if t.numel() and t.abs().max() > torch.finfo(torch.float16).max:
                 raise CheckpointError(f"{path}: {k} does not fit in float16")
             tensors[k] = t.half()

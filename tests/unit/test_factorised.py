@@ -263,3 +263,41 @@ def test_pipeline_generates_and_keeps_image_prompt_rows_with_factorised_tokens()
     x = _images(1)
     kept = pipe.generate(["a red circle"], image_prompt=x, keep_rows=3, seed=0)
     assert torch.equal(kept.tokens[0, :3], vae.encode(x)[0, :3])
+
+
+def test_colour_codes_on_one_colour_are_one_token_on_every_precision() -> None:
+    """The EMA drives several colour codes onto one palette colour; which of them a cell gets
+    must not be float noise (the shipped tokenizer's float16 copy once encoded orange as 2
+    where training had read 8, and image prompts drew the wrong colours)."""
+    vae = _fvae()
+    book = vae.colour_book.embed
+    orange = torch.tensor([245.0, 140.0, 20.0]) / 255
+    with torch.no_grad():  # codes 2, 5, 6: orange, a few float32 ulps apart, in scrambled order
+        for k, eps in ((2, 3e-7), (5, 0.0), (6, 1e-7)):
+            book[k] = 1 - orange + eps
+    canon = vae.canonical_colours()
+    assert canon[2] == canon[5] == canon[6] == 2
+    assert all(int(canon[k]) <= k for k in range(len(canon)))
+    x = _one("orange", "square")
+    ids = vae.encode(x)[..., 1::2] - vae.config.vocab_size
+    assert set(ids.unique().tolist()) <= {2} | {int(c) for c in canon[canon != 2]}
+    assert 2 in ids.unique().tolist()
+    half = DiscreteVAE(vae.config).eval()
+    half.load_state_dict({k: t.half().float() for k, t in vae.state_dict().items()})
+    assert torch.equal(half.encode(x)[..., 1::2], vae.encode(x)[..., 1::2])
+
+
+def test_float16_release_keeps_the_codebooks_float32_and_encodes_as_trained(tmp_path) -> None:
+    from safetensors import safe_open
+
+    from tessera.checkpoint import load, save
+
+    vae = _fvae()
+    save(tmp_path / "v", config=vae.config, model=vae, dtype="float16")
+    with safe_open(str(tmp_path / "v" / "model.safetensors"), framework="pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+    assert dtypes["codebook.embed"] == dtypes["colour_book.embed"] == "F32"
+    assert dtypes["encoder.blocks.input.weight"] == "F16"
+    back = load(tmp_path / "v", kind="vae")
+    x = _images(16)
+    assert torch.equal(back.encode(x), vae.encode(x))

@@ -52,7 +52,9 @@ class VAEConfig(Config):
       tokens); the colours by their own EMA book of ``colour_codes`` vectors (colour tokens,
       ids offset by ``vocab_size``). ``encode`` gives ``(B, h, 2w)`` tokens, each cell's
       structure then colour token, so a colour-shape pair never seen in training is a new
-      combination of seen codes rather than codes never emitted. Requires ``vq``.
+      combination of seen codes rather than codes never emitted. Colour codes that decode
+      to one 8-bit colour are one token (the lowest id, found in float64:
+      :meth:`tessera.vae.model.DiscreteVAE.colour_ids`). Requires ``vq``.
     colour_window: cells on each side searched for a colour's full strength: a cell that an
       object only grazes takes the colour's hue from its own pixels and its strength from the
       darkest pixel of that hue within the window (1: 3x3 cells).

@@ -245,6 +245,10 @@ class DiscreteVAE(nn.Module):
     """Encoder + decoder. ``forward`` is the training pass (gumbel-softmax relaxation);
     :meth:`encode` / :meth:`decode` are the inference maps images <-> token grids."""
 
+    # kept float32 in a float16 release (tessera.checkpoint.save): rounding a
+    # codebook changes which code is nearest, and a released tokenizer must encode as in training
+    FULL_PRECISION = ("codebook.", "colour_book.")
+
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         self.config = cfg
@@ -320,6 +324,31 @@ class DiscreteVAE(nn.Module):
         book._update(flat)
 
     @torch.no_grad()
+    def colour_ids(self, colours: torch.Tensor) -> torch.Tensor:
+        """Cell colours (B, 3, h, w) -> (B, h, w) colour code ids: the nearest code, found in
+        float64 (no TF32, no cancellation: the same id on every device), then its
+        :meth:`canonical_colours` id. The book has more codes than the data has colours, and
+        the EMA drives several codes onto one colour; without the canonical id, which of
+        those a cell gets would be float noise, and a transformer trained on one machine's
+        choice would misread another's (an image prompt encoded in a float16 copy drew wrong
+        colours)."""
+        book = self.colour_book
+        assert book is not None
+        b, _, h, w = colours.shape
+        flat = colours.permute(0, 2, 3, 1).reshape(-1, 3).double()
+        idx = torch.cdist(flat, book.embed.double()).argmin(1)
+        return self.canonical_colours()[idx].view(b, h, w)
+
+    def canonical_colours(self) -> torch.Tensor:
+        """(K,) for each colour code, the lowest code id with the same colour at 8 bits per
+        channel (codes that decode to one colour are one token)."""
+        book = self.colour_book
+        assert book is not None
+        q = (book.embed.double() * 255).round()
+        same = (q[:, None, :] == q[None, :, :]).all(-1)  # (K, K), true on the diagonal
+        return same.int().argmax(1)
+
+    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 1] -> (B, h, w) int64 tokens (argmax, no noise); a
         factorised tokenizer gives (B, h, 2w): each cell's structure token, then its colour
@@ -327,7 +356,7 @@ class DiscreteVAE(nn.Module):
         if self.colour_book is not None:
             cover, colours = self.split(images)
             structure = self._encode(cover)
-            colour = self.colour_book.nearest(colours) + self.config.vocab_size
+            colour = self.colour_ids(colours) + self.config.vocab_size
             return torch.stack([structure, colour], dim=-1).flatten(-2)
         return self._encode(images)
 
