@@ -11,7 +11,7 @@ prompts with two thirds naming a held-out colour-shape pair (``tessera eval prom
 --held-out-share 0.67``), seed 0, unranked (1 sample) and CLIP-reranked 8 -> 1 with the
 shipped CLIP, at each ``--guidance``. ``--no-train`` measures ``--pipeline`` as it is. Each
 measurement is ``benchmarks/eval_dalle_shapes.py``'s report; the row keeps strict pass rates
-of both buckets and colour+shape per bucket.
+of both buckets and every claim's rate per bucket.
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ def _eval(pipeline: Path, guidance: float, threads: int, rerank: bool, extra: li
         "color_shape_seen": r["claims_seen"]["color_shape"],
         "color_shape_held_out": r["claims_held_out"]["color_shape"],
         "dvae_ceiling": r["dvae_ceiling"],
+        "claims_seen": r["claims_seen"],
+        "claims_held_out": r["claims_held_out"],
     }
 
 
