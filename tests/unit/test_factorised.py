@@ -88,6 +88,21 @@ def _fvae() -> DiscreteVAE:
     return vae.eval()
 
 
+def _factorised_dalle(vae: DiscreteVAE, *, text_vocab: int, text_len: int) -> DalleConfig:
+    """A small transformer over ``vae``'s factorised tokens (8 colour codes)."""
+    v = vae.config.vocab_size
+    return DalleConfig(
+        text_vocab=text_vocab,
+        text_len=text_len,
+        image_vocab=v + 8,
+        grid_size=8,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        image_factors=(v, 8),
+    )
+
+
 def test_factorised_tokens_alternate_structure_and_colour_and_decode() -> None:
     vae = _fvae()
     cfg = vae.config
@@ -122,17 +137,7 @@ def test_transformer_and_tokenizer_factors_must_agree() -> None:
 
     vae = _fvae()
     tok = type("Tok", (), {"vocab_size": 40})()
-    v = vae.config.vocab_size
-    good = DalleConfig(
-        text_vocab=50,
-        text_len=4,
-        image_vocab=v + 8,
-        grid_size=8,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        image_factors=(v, 8),
-    )
+    good = _factorised_dalle(vae, text_vocab=50, text_len=4)
     check_compatible(good, vae, tok)
     with pytest.raises(ConfigError, match="expects one per position"):
         check_compatible(dataclasses.replace(good, image_factors=()), vae, tok)
@@ -240,17 +245,7 @@ def test_pipeline_generates_and_keeps_image_prompt_rows_with_factorised_tokens()
     from tessera.pipelines.dalle import DallePipeline
 
     vae = _fvae()
-    v = vae.config.vocab_size
-    cfg = DalleConfig(
-        text_vocab=300,
-        text_len=8,
-        image_vocab=v + 8,
-        grid_size=8,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        image_factors=(v, 8),
-    )
+    cfg = _factorised_dalle(vae, text_vocab=300, text_len=8)
     from tessera.config.text import TokenizerConfig
     from tessera.text import TextTokenizer
 

@@ -141,27 +141,16 @@ class MaskSpec:
     conv_kernel: int = 11
     factors: int = 1  # image tokens per grid position (a factorised image tokenizer)
 
+    def _key(self, device: torch.device) -> tuple[str, int, int, int, int, str, int]:
+        """The cached mask builders' arguments (hashable: they are lru-cached)."""
+        k = self.kind, self.text_len, self.grid_h, self.grid_w, self.conv_kernel
+        return (*k, str(device), self.factors)
+
     def dense(self, device: torch.device) -> torch.Tensor:
-        return dense_mask(
-            self.kind,
-            self.text_len,
-            self.grid_h,
-            self.grid_w,
-            self.conv_kernel,
-            str(device),
-            self.factors,
-        )
+        return dense_mask(*self._key(device))
 
     def bias(self, device: torch.device) -> torch.Tensor:
-        return mask_bias(
-            self.kind,
-            self.text_len,
-            self.grid_h,
-            self.grid_w,
-            self.conv_kernel,
-            str(device),
-            self.factors,
-        )
+        return mask_bias(*self._key(device))
 
 
 class SelfAttention(nn.Module):
