@@ -178,8 +178,8 @@ def _shapes() -> VAEConfig:
     #   codes of a one-channel coverage map + 16 colour codes, two tokens per cell; 8000
     #   updates reach 36.1 dB and 99.1% passing (1000 eval images; the RGB 1024-code book at
     #   12000: 36.3 dB, 97.8%). ``shapes-rgb`` keeps the RGB tokenizer. The transformer on
-    #   these tokens draws held-out pairs 87.1% of the time reranked (RGB: 27.9%), seen 98.0%
-    #   (docs/results.md, "Zero-shot composition: the ablation").
+    #   these tokens draws held-out pairs 87.1% of the time reranked (RGB: 27.9%), seen 98.0%,
+    #   both at temperature 0.8 (docs/results.md, "Zero-shot composition: the ablation").
     return dataclasses.replace(_shapes_rgb(), vocab_size=512, colour_codes=16)
 
 
