@@ -56,7 +56,7 @@ UNCLIP_PRESETS: dict[str, dict[str, str]] = {
 # Sampling defaults written into the installed pipeline's model_index.json, so that
 # ``tessera generate`` uses them without flags (tessera.sampling.sample.DalleSampling fields).
 # shapes: chosen with benchmarks/tune_sampling.py on tuning prompts (another data seed than
-# the evaluation's), see the README's table.
+# the evaluation's), see docs/results.md "Sampling defaults".
 SAMPLING_DEFAULTS: dict[str, dict[str, float | int]] = {
     # temperature 0.6, top-k 64, guidance 1.5 (factorised release, issue 27): the best sum of
     # every-candidate and CLIP-reranked (8 -> 1) strict fidelity over 12 settings (t 0.6 / 0.8 /
